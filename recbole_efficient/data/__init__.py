@@ -1,0 +1,3 @@
+from recbole_efficient.data.dataset import SequentialDataset, create_dataset
+
+__all__ = ["SequentialDataset", "create_dataset"]

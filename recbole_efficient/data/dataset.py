@@ -1,0 +1,189 @@
+"""Sequential dataset with RecBole's ``augmented`` protocol and our ``all_positions`` one.
+
+``augmented`` is RecBole's: one row per prefix (every prefix materialised densely), split
+leave-one-out. ``all_positions`` builds only what it needs: one training row per window of
+at most ``MAX_ITEM_LIST_LENGTH`` inputs whose targets are the next items at every position,
+plus exactly the validation and test rows RecBole's protocol would produce.
+"""
+
+import os
+from logging import getLogger
+
+import numpy as np
+import torch
+from recbole.data.dataset import Dataset as RecBoleDataset
+from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, FeatureType, ModelType, set_color
+
+TARGET_SUFFIX = "_target"
+_LEAVE_ONE_NUM = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
+
+
+def target_list_field(config):
+    """Name of the per-position target field of ``all_positions`` training rows."""
+    return config["ITEM_ID_FIELD"] + TARGET_SUFFIX + config["LIST_SUFFIX"]
+
+
+def check_data_files(config):
+    """Fail fast, before any download attempt or training, when the atomic files are absent."""
+    name, path = config["dataset"], config["data_path"]
+    inter = os.path.join(path, f"{name}.inter")
+    if os.path.isfile(inter) or config["benchmark_filename"]:
+        return
+    raise FileNotFoundError(
+        f"Dataset '{name}' is not on disk: expected the RecBole atomic file {inter} "
+        f"(optionally {name}.user / {name}.item beside it) under data_path={path!r}. "
+        f"Point --data_path at the folder that holds a '{name}/' directory, e.g. "
+        f"--data_path=../shared/datasets, or place the files there."
+    )
+
+
+class SequentialDataset(RecBoleSequentialDataset):
+    """RecBole's SequentialDataset plus the ``all_positions`` training mode."""
+
+    @property
+    def train_mode(self):
+        return self.config["train_mode"] or "augmented"
+
+    def _download(self):
+        if self.config["allow_download"]:
+            return super()._download()
+        check_data_files(self.config)
+
+    def _change_feat_format(self):
+        if self.train_mode == "all_positions":
+            RecBoleDataset._change_feat_format(self)  # no prefix augmentation
+        else:
+            super()._change_feat_format()
+
+    def build(self):
+        if self.train_mode != "all_positions" or self.benchmark_filename_list is not None:
+            return super().build()
+        if self.config["eval_args"]["order"] != "TO":
+            raise ValueError("The ordering args for sequential recommendation has to be 'TO'")
+        split = self.config["eval_args"]["split"]
+        mode = split.get("LS") if isinstance(split, dict) else None
+        if mode not in _LEAVE_ONE_NUM:
+            raise ValueError(
+                f"train_mode=all_positions needs eval_args.split LS in {list(_LEAVE_ONE_NUM)}, got {split}."
+            )
+        self._change_feat_format()
+        return self._build_all_positions(mode)
+
+    # -- all_positions ------------------------------------------------------------------
+    def _build_all_positions(self, leave_mode):
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        self._drop_unused_col()
+        uid = self.inter_feat[self.uid_field].numpy()
+        n = len(uid)
+        starts = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]]) if n else np.zeros(0, int)
+        ends = np.r_[starts[1:], n].astype(np.int64)
+        starts = starts.astype(np.int64)
+        # RecBole's augmented rows per user and how many of them leave_one_out keeps out.
+        rows = ends - starts - 1
+        keep_out = np.clip(np.minimum(_LEAVE_ONE_NUM[leave_mode], rows - 1), 0, None)
+        has_rows = rows > 0
+
+        # Eval rows, in the order RecBole's stable time sort + grouping would give them.
+        time = self.inter_feat[self.time_field].numpy()
+        second = np.where(has_rows, np.minimum(starts + 1, n - 1), 0)
+        order = np.lexsort((uid[starts], time[second]))
+        order = order[has_rows[order]]
+        last = ends[order] - 1
+        first_out = keep_out[order]
+        if leave_mode == "valid_and_test":
+            valid_t = last[first_out == 2] - 1
+            test_t = last[first_out >= 1]
+        elif leave_mode == "valid_only":
+            valid_t, test_t = last[first_out >= 1], last[:0]
+        else:
+            valid_t, test_t = last[:0], last[first_out >= 1]
+        user_start = np.repeat(starts, ends - starts)
+        valid_ds = self.copy(self._prefix_rows(valid_t, user_start))
+        test_ds = self.copy(self._prefix_rows(test_t, user_start))
+
+        train_ds = self.copy(self._window_rows(starts, ends - keep_out))
+        tf = target_list_field(self.config)
+        train_ds.set_field_property(tf, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION,
+                                    self.max_item_list_len)
+        getLogger().info(
+            set_color("all_positions", "pink")
+            + f": {len(train_ds)} training windows, {len(valid_ds)} valid / {len(test_ds)} test rows"
+        )
+        return [train_ds, valid_ds, test_ds]
+
+    def _prefix_rows(self, target_index, user_start):
+        """Exactly RecBole's augmented rows for these targets (same fields, same values)."""
+        target_index = np.asarray(target_index, dtype=np.int64)
+        seq_start = np.maximum(user_start[target_index], target_index - self.max_item_list_len)
+        lengths = target_index - seq_start
+        new_data = self.inter_feat[torch.from_numpy(target_index)]
+        new_dict = {self.item_list_length_field: torch.from_numpy(lengths)}
+        for field in self.inter_feat:
+            if field == self.uid_field:
+                continue
+            list_field = getattr(self, f"{field}_list_field")
+            new_dict[list_field] = self._gather(self.inter_feat[field], seq_start, lengths,
+                                                self.field2seqlen[list_field], field)
+        new_data.update(Interaction(new_dict))
+        return new_data
+
+    def _gather(self, value, seq_start, lengths, list_len, field):
+        """Dense [rows, list_len, ...] copy of ``value[seq_start : seq_start+length]`` per row."""
+        width = list_len if isinstance(list_len, int) else list_len[0]
+        offs = np.arange(width)
+        valid = offs[None, :] < lengths[:, None]
+        idx = np.where(valid, seq_start[:, None] + offs[None, :], 0)
+        out = value[torch.from_numpy(idx)]
+        mask = torch.from_numpy(valid)
+        while mask.dim() < out.dim():
+            mask = mask.unsqueeze(-1)
+        out = out * mask.to(out.dtype) if out.dtype.is_floating_point else out.masked_fill(~mask, 0)
+        if not isinstance(list_len, int) and out.shape[2] != list_len[1]:
+            raise ValueError(f"field {field}: sequence width {out.shape[2]} != {list_len[1]}")
+        return out
+
+    def _window_rows(self, starts, train_ends):
+        """One row per window; inputs x[s:e], targets x[s+1:e+1]; windows end-aligned."""
+        L = self.max_item_list_len
+        n_targets = train_ends - starts - 1  # targets are positions 1..n_targets of the user
+        n_win = np.where(n_targets > 0, -(-n_targets // L), 0)
+        user = np.repeat(np.arange(len(starts)), n_win)
+        k = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
+        e = n_targets[user] - k * L  # relative position of the window's last target
+        s = np.maximum(0, e - L)     # relative position of its first input
+        base = starts[user]
+        lengths = e - s
+        items = self.inter_feat[self.iid_field]
+        iid_list = self._gather(items, base + s, lengths, L, self.iid_field)
+        target_list = self._gather(items, base + s + 1, lengths, L, self.iid_field)
+        last_target = base + e
+        rows = Interaction({
+            self.uid_field: self.inter_feat[self.uid_field][torch.from_numpy(last_target)],
+            self.iid_field: items[torch.from_numpy(last_target)],
+            self.item_id_list_field: iid_list,
+            target_list_field(self.config): target_list,
+            self.item_list_length_field: torch.from_numpy(lengths.astype(np.int64)),
+        })
+        return rows
+
+
+def create_dataset(config):
+    """Our SequentialDataset for sequential models, else RecBole's ``create_dataset``."""
+    from recbole.data import create_dataset as recbole_create_dataset
+    import recbole.data.dataset as rb_datasets
+
+    if not config["allow_download"]:
+        check_data_files(config)
+    model_specific = hasattr(rb_datasets, config["model"] + "Dataset")
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and not model_specific:
+        dataset = SequentialDataset(config)
+        if config["save_dataset"]:
+            dataset.save()
+        return dataset
+    if config["train_mode"] == "all_positions":
+        raise ValueError(f"train_mode=all_positions is not available for {config['model']}.")
+    return recbole_create_dataset(config)

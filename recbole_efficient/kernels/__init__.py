@@ -1,0 +1,1 @@
+"""Numeric kernels (scans, recurrences) used by the efficient sequential models."""

@@ -1,0 +1,95 @@
+"""RecBole trainers with safe checkpoints, per-model optimiser groups and ``exclude_history``."""
+
+import importlib
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import ModelType, set_color
+
+from recbole_efficient.checkpoint import config_state, load_checkpoint, save_checkpoint
+
+
+class EfficientTrainerMixin:
+    """Mixed in front of any RecBole trainer class."""
+
+    def _build_optimizer(self, **kwargs):
+        # Models may exempt biases/LayerNorm from weight decay (LRURec's AdamW recipe).
+        if "params" not in kwargs and hasattr(self.model, "optimizer_groups"):
+            wd = kwargs.get("weight_decay", self.weight_decay) or 0.0
+            kwargs["params"] = self.model.optimizer_groups(wd)
+        return super()._build_optimizer(**kwargs)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": config_state(self.config),
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        save_checkpoint(saved_model_file, state)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _load(self, path):
+        return load_checkpoint(path, map_location=self.device,
+                               trust_checkpoint=bool(self.config["trust_checkpoint"]))
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = self._load(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning("Checkpoint model %s differs from configured model %s.",
+                                checkpoint["config"]["model"], self.config["model"])
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = self._load(checkpoint_file)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["exclude_history"]:
+            item_seq = interaction[self.model.ITEM_SEQ].to(scores.device)
+            # Pad id 0 is already -inf, so scattering the padded rows is harmless.
+            scores.scatter_(1, item_seq, -np.inf)
+        return interaction, scores, positive_u, positive_i
+
+
+class Trainer(EfficientTrainerMixin, RecBoleTrainer):
+    """Drop-in for ``recbole.trainer.Trainer``."""
+
+
+def get_trainer(model_type, model_name):
+    """RecBole's trainer for ``model_name`` (or its generic one) with our mixin in front."""
+    module = importlib.import_module("recbole.trainer")
+    base = getattr(module, model_name + "Trainer", None)
+    if base is None:
+        base = {
+            ModelType.KNOWLEDGE: getattr(module, "KGTrainer"),
+            ModelType.TRADITIONAL: getattr(module, "TraditionalTrainer"),
+        }.get(model_type, RecBoleTrainer)
+    if base is RecBoleTrainer:
+        return Trainer
+    return type(base.__name__, (EfficientTrainerMixin, base), {})
