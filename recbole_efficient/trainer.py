@@ -1,6 +1,7 @@
 """RecBole trainers with safe checkpoints, per-model optimiser groups and ``exclude_history``."""
 
 import importlib
+import time
 
 import numpy as np
 import torch
@@ -10,8 +11,40 @@ from recbole.utils import ModelType, set_color
 from recbole_efficient.checkpoint import config_state, load_checkpoint, save_checkpoint
 
 
+class _BudgetExhausted(Exception):
+    pass
+
+
 class EfficientTrainerMixin:
-    """Mixed in front of any RecBole trainer class."""
+    """Mixed in front of any RecBole trainer class.
+
+    ``train_time_budget`` (seconds, optional): no new epoch starts once the budget is spent;
+    the best checkpoint so far is kept, so equal-time comparisons run through ``fit`` as usual.
+    """
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self._fit_started = time.time()
+        self.epoch_seconds = []
+        try:
+            return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                               show_progress=show_progress, callback_fn=callback_fn)
+        except _BudgetExhausted:
+            self.logger.info(set_color("train_time_budget", "yellow")
+                             + f" of {self.config['train_time_budget']}s spent; stopping.")
+            return self.best_valid_score, self.best_valid_result
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        budget = self.config["train_time_budget"]
+        started = getattr(self, "_fit_started", None)
+        if budget and started is not None and epoch_idx > self.start_epoch \
+                and time.time() - started >= budget:
+            raise _BudgetExhausted
+        epoch_started = time.time()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
+                                    show_progress=show_progress)
+        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [time.time() - epoch_started]
+        return loss
 
     def _build_optimizer(self, **kwargs):
         # Models may exempt biases/LayerNorm from weight decay (LRURec's AdamW recipe).

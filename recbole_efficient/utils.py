@@ -26,7 +26,7 @@ def get_model(model_name):
         return MODELS[model_name]
     try:
         return recbole_get_model(model_name)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, ImportError):  # exlib needs lightgbm/xgboost
         ours, theirs = available_models()
         raise ValueError(
             f"Unknown model {model_name!r}. recbole_efficient models: {', '.join(ours)}. "

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic dataset in RecBole atomic format, written per test."""
+
+import numpy as np
+import pytest
+
+TINY = "tiny"
+
+
+def write_tiny_dataset(root, n_users=30, n_items=60, seed=0):
+    """Users of every length from 1 to 40 (incl. the 1-3 edge cases), with timestamp ties."""
+    rng = np.random.default_rng(seed)
+    folder = root / TINY
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    lengths = [1, 2, 3, 4] + list(rng.integers(5, 41, size=n_users - 4))
+    for u, n in enumerate(lengths, start=1):
+        times = np.sort(rng.integers(0, max(2, n // 2), size=n))  # frequent ties
+        items = rng.integers(1, n_items + 1, size=n)
+        for t, i in zip(times, items):
+            lines.append(f"u{u}\ti{i}\t{rng.integers(1, 6)}\t{t}")
+    # Shuffled rows: the dataset must sort by time itself.
+    body = lines[1:]
+    rng.shuffle(body)
+    (folder / f"{TINY}.inter").write_text("\n".join([lines[0], *body]) + "\n")
+    return root
+
+
+def tiny_config(root, **overrides):
+    cfg = {
+        "data_path": str(root),
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
+        "show_progress": False,
+        "epochs": 1,
+        "MAX_ITEM_LIST_LENGTH": 8,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "n_layers": 1,
+        "n_heads": 1,
+        "train_batch_size": 32,
+        "eval_batch_size": 64,
+        "checkpoint_dir": str(root / "saved"),
+        "seed": 7,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """(data root, config builder); the test runs inside tmp_path (RecBole writes log/ there)."""
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path)
+    return tmp_path, lambda **kw: tiny_config(tmp_path, **kw)

@@ -1,0 +1,124 @@
+"""Shared base: causality, padding, the two losses, and start-up refusals."""
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+from recbole_efficient import Config, EfficientSequentialRecommender, get_model
+from recbole_efficient.data.dataset import target_list_field
+
+from conftest import TINY
+
+
+class StubDataset:
+    def __init__(self, n_items):
+        self.n_items = n_items
+
+    def num(self, field):
+        return self.n_items
+
+
+def make_model(tiny, name="SoftmaxSASRec", **overrides):
+    _, cfg = tiny
+    config = Config(model=name, dataset=TINY, config_dict=cfg(**overrides), read_cmd_line=False)
+    torch.manual_seed(0)
+    return config, get_model(name)(config, StubDataset(30)).eval()
+
+
+def test_causal_output_unchanged_by_future_items(tiny):
+    _, model = make_model(tiny)
+    seq = torch.randint(1, 30, (2, 8))
+    lens = torch.tensor([8, 8])
+    out = model.encode(seq, lens)
+    changed = seq.clone()
+    changed[:, 5:] = torch.randint(1, 30, (2, 3))
+    out2 = model.encode(changed, lens)
+    assert torch.allclose(out[:, :5], out2[:, :5], atol=1e-6)
+    assert not torch.allclose(out[:, 5:], out2[:, 5:])
+
+
+def test_right_padding_does_not_change_outputs(tiny):
+    _, model = make_model(tiny)
+    seq = torch.zeros(1, 8, dtype=torch.long)
+    seq[0, :3] = torch.tensor([4, 9, 2])
+    out_short = model.encode(seq[:, :3], torch.tensor([3]))
+    out_padded = model.encode(seq, torch.tensor([3]))
+    assert torch.allclose(out_short[0], out_padded[0, :3], atol=1e-6)
+    assert torch.isfinite(out_padded).all()
+
+
+def test_all_positions_loss_equals_mean_of_prefix_losses(tiny):
+    """For a causal encoder, one window's loss is the average of the per-prefix losses."""
+    config, model = make_model(tiny)
+    seq = torch.tensor([[3, 7, 1, 9, 4, 0, 0, 0]])
+    tgt = torch.tensor([[7, 1, 9, 4, 5, 0, 0, 0]])
+    n = 5
+    inter = Interaction({"item_id_list": seq, "item_length": torch.tensor([n]),
+                         target_list_field(config): tgt, "item_id": torch.tensor([5])})
+    window_loss = model.calculate_loss(inter)
+    prefix_losses = []
+    for t in range(1, n + 1):
+        prefix = torch.zeros_like(seq)
+        prefix[0, :t] = seq[0, :t]
+        prefix_losses.append(model.calculate_loss(Interaction({
+            "item_id_list": prefix, "item_length": torch.tensor([t]), "item_id": tgt[0, t - 1:t]})))
+    assert torch.allclose(window_loss, torch.stack(prefix_losses).mean(), atol=1e-5)
+
+
+def test_bpr_all_positions_runs_and_backprops(tiny):
+    config, model = make_model(tiny, loss_type="BPR", train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
+    model.train()
+    inter = Interaction({"item_id_list": torch.tensor([[3, 7, 1, 0]]), "item_length": torch.tensor([3]),
+                         target_list_field(config): torch.tensor([[7, 1, 9, 0]]), "item_id": torch.tensor([9])})
+    loss = model.calculate_loss(inter)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+class NonCausal(EfficientSequentialRecommender):
+    causal = False
+
+
+def test_non_causal_encoder_refused_in_all_positions(tiny):
+    _, cfg = tiny
+    with pytest.raises(ValueError, match="causal"):
+        Config(model=NonCausal, dataset=TINY, read_cmd_line=False,
+               config_dict=cfg(train_mode="all_positions", loss_type="CE", train_neg_sample_args=None))
+    # The same encoder is fine in RecBole's augmented mode.
+    Config(model=NonCausal, dataset=TINY, read_cmd_line=False,
+           config_dict=cfg(train_mode="augmented", loss_type="CE", train_neg_sample_args=None))
+
+
+def test_recbole_model_refused_in_all_positions(tiny):
+    _, cfg = tiny
+    with pytest.raises(ValueError, match="augmented"):
+        Config(model="SASRec", dataset=TINY, read_cmd_line=False,
+               config_dict=cfg(train_mode="all_positions", train_neg_sample_args=None))
+
+
+def test_unknown_train_mode_refused(tiny):
+    _, cfg = tiny
+    with pytest.raises(ValueError, match="all_positions"):
+        Config(model="SoftmaxSASRec", dataset=TINY, read_cmd_line=False, config_dict=cfg(train_mode="dense"))
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ValueError) as err:
+        get_model("NoSuchRec")
+    assert "SoftmaxSASRec" in str(err.value) and "SASRec" in str(err.value)
+
+
+def test_exclude_history_masks_input_items(tiny):
+    from recbole_efficient.trainer import Trainer
+
+    config, model = make_model(tiny, exclude_history=True)
+    trainer = Trainer(config, model)
+    trainer.tot_item_num = 30
+    inter = Interaction({"item_id_list": torch.tensor([[3, 7, 0], [5, 0, 0]]),
+                         "item_length": torch.tensor([2, 1])})
+    _, scores, _, _ = trainer._full_sort_batch_eval((inter, None, torch.tensor([0, 1]), torch.tensor([9, 4])))
+    assert torch.isinf(scores[0, [0, 3, 7]]).all() and torch.isinf(scores[1, [0, 5]]).all()
+    assert torch.isfinite(scores[0, [1, 2, 4, 5, 9]]).all() and torch.isfinite(scores[1, [3, 7]]).all()
+    config["exclude_history"] = False
+    _, scores, _, _ = trainer._full_sort_batch_eval((inter, None, torch.tensor([0, 1]), torch.tensor([9, 4])))
+    assert torch.isfinite(scores[0, [3, 7]]).all()
