@@ -1,0 +1,181 @@
+"""Layers shared by recbole_efficient models: complex linear maps, the LRU layer and the
+point-wise feed-forward sublayer (LRURec, Yue et al., WSDM 2024).
+
+Complex weights are stored as separate real and imaginary ``float`` parameters. Plain real
+tensors work with every optimiser (AdamW weight decay included), ``clip_grad_norm_``, AMP,
+FLOP counters and ``torch.load(weights_only=True)``.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_efficient.kernels.lru_scan import lru_scan, lru_step
+
+__all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock"]
+
+
+class ComplexLinear(nn.Module):
+    """``W x + b`` with complex ``W`` and ``b``, for real or complex ``x``.
+
+    ``real_output=True`` computes only ``Re(W x + b)``. The imaginary part of the bias could
+    never change that output, so it is not created.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, real_output=False):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.real_output = real_output
+        self.weight_real = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_imag = nn.Parameter(torch.empty(out_features, in_features))
+        if bias:
+            self.bias_real = nn.Parameter(torch.empty(out_features))
+            self.bias_imag = None if real_output else nn.Parameter(torch.empty(out_features))
+        else:
+            self.bias_real = self.bias_imag = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # nn.Linear's default; models re-initialise (LRURec: truncated normal).
+        bound = 1.0 / math.sqrt(self.in_features)
+        for p in (self.weight_real, self.weight_imag, self.bias_real, self.bias_imag):
+            if p is not None:
+                nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x):
+        w_re, w_im = self.weight_real, self.weight_imag
+        if self.real_output:
+            # Re((Wr + i Wi)(xr + i xi)) = Wr xr - Wi xi: one real matmul.
+            if not x.is_complex():
+                return F.linear(x, w_re, self.bias_real)
+            return F.linear(torch.cat([x.real, x.imag], -1), torch.cat([w_re, -w_im], 1),
+                            self.bias_real)
+        bias = None
+        if self.bias_real is not None:
+            bias = torch.cat([self.bias_real, self.bias_imag])
+        if x.is_complex():
+            xr = torch.cat([x.real, x.imag], -1)
+            weight = torch.cat([torch.cat([w_re, -w_im], 1), torch.cat([w_im, w_re], 1)], 0)
+        else:
+            xr, weight = x, torch.cat([w_re, w_im], 0)
+        re, im = F.linear(xr, weight, bias).float().chunk(2, -1)
+        return torch.complex(re, im)
+
+    def complex_weight(self):
+        return torch.complex(self.weight_real, self.weight_imag)
+
+    def complex_bias(self):
+        if self.bias_real is None:
+            return None
+        imag = self.bias_imag if self.bias_imag is not None else torch.zeros_like(self.bias_real)
+        return torch.complex(self.bias_real, imag)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias_real is not None}, real_output={self.real_output}")
+
+
+def ring_init(state_size, r_min=0.8, r_max=0.99, max_phase=2 * math.pi):
+    """``(nu_log, theta_log, gamma_log)`` with ``|lambda|`` uniform on the ring [r_min, r_max].
+
+    ``|lambda|^2`` is drawn uniformly from ``[r_min^2, r_max^2]`` and the phase uniformly from
+    ``[0, max_phase)`` (Orvieto et al., 2023); ``gamma = sqrt(1 - |lambda|^2)`` normalises the
+    input so that the state's variance does not grow with ``|lambda| -> 1``.
+    """
+    u1 = torch.rand(state_size)
+    u2 = torch.rand(state_size).clamp_min(1e-7)  # theta_log = log(0) would be -inf
+    nu_log = torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+    theta_log = torch.log(u2 * max_phase)
+    modulus_sq = torch.exp(-2 * torch.exp(nu_log))  # |lambda|^2 = exp(-2 nu)
+    gamma_log = torch.log(torch.sqrt(1 - modulus_sq))
+    return nu_log, theta_log, gamma_log
+
+
+class LRULayer(nn.Module):
+    """Linear recurrent unit with a residual and post-LayerNorm.
+
+    ``h_t = lambda * h_{t-1} + gamma * (B x_t + b_B)``,
+    ``y_t = LayerNorm(Dropout(Re(C h_t + b_C)) + x_t)``,
+    with ``lambda = exp(-exp(nu_log) + i exp(theta_log))`` and ``gamma = exp(gamma_log)``.
+    The state is complex with ``state_size`` (default ``2 * d_model``) entries. ``forward``
+    runs the log-depth parallel scan over a whole sequence; ``step`` advances one item.
+    Causal: the output at t depends on ``x_0..x_t`` only, so right padding is harmless.
+    """
+
+    def __init__(self, d_model, state_size=None, dropout=0.0, r_min=0.8, r_max=0.99,
+                 max_phase=2 * math.pi, layer_norm_eps=1e-5):
+        super().__init__()
+        self.d_model = d_model
+        self.state_size = state_size or 2 * d_model
+        nu_log, theta_log, gamma_log = ring_init(self.state_size, r_min, r_max, max_phase)
+        self.nu_log = nn.Parameter(nu_log)
+        self.theta_log = nn.Parameter(theta_log)
+        self.gamma_log = nn.Parameter(gamma_log)
+        self.in_proj = ComplexLinear(d_model, self.state_size)                       # B
+        self.out_proj = ComplexLinear(self.state_size, d_model, real_output=True)   # C
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def log_parameters(self):
+        return [self.nu_log, self.theta_log, self.gamma_log]
+
+    def lamb(self):
+        """The diagonal of the recurrence, complex ``[state_size]``."""
+        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+
+    def state_input(self, x):
+        """``gamma * (B x + b_B)``: complex ``[..., state_size]`` (gamma scales the bias too)."""
+        return self.in_proj(x.float()) * torch.exp(self.gamma_log)
+
+    def _output(self, h, x):
+        return self.layer_norm(self.dropout(self.out_proj(h)) + x)
+
+    def forward(self, x, h0=None):
+        """``x [B, L, d]`` (optional initial state ``h0 [B, H]``) -> ``(y [B, L, d], h [B, L, H])``."""
+        h = lru_scan(self.lamb(), self.state_input(x), h0)
+        return self._output(h, x), h
+
+    def step(self, x, h_prev):
+        """One item: ``x [B, d]``, ``h_prev [B, H]`` -> ``(y [B, d], h [B, H])``."""
+        h = lru_step(self.lamb(), h_prev, self.state_input(x))
+        return self._output(h, x), h
+
+
+class PointWiseFeedForward(nn.Module):
+    """``LayerNorm(Dropout(W2 Dropout(GELU(W1 x))) + x)`` (official LRURec code: no outer GELU)."""
+
+    def __init__(self, d_model, inner_size=None, dropout=0.0, layer_norm_eps=1e-5):
+        super().__init__()
+        inner_size = inner_size or 4 * d_model
+        self.w_1 = nn.Linear(d_model, inner_size)
+        self.w_2 = nn.Linear(inner_size, d_model)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def forward(self, x):
+        inner = self.dropout(self.activation(self.w_1(x)))
+        return self.layer_norm(self.dropout(self.w_2(inner)) + x)
+
+
+class LRUBlock(nn.Module):
+    """LRU layer followed by the feed-forward sublayer."""
+
+    def __init__(self, d_model, lru_dropout=0.0, hidden_dropout=0.0, r_min=0.8, r_max=0.99,
+                 max_phase=2 * math.pi, layer_norm_eps=1e-5, inner_size=None, state_size=None):
+        super().__init__()
+        self.lru = LRULayer(d_model, state_size=state_size, dropout=lru_dropout, r_min=r_min,
+                            r_max=r_max, max_phase=max_phase, layer_norm_eps=layer_norm_eps)
+        self.feed_forward = PointWiseFeedForward(d_model, inner_size, hidden_dropout,
+                                                 layer_norm_eps)
+
+    def forward(self, x, h0=None):
+        y, h = self.lru(x, h0)
+        return self.feed_forward(y), h
+
+    def step(self, x, h_prev):
+        y, h = self.lru.step(x, h_prev)
+        return self.feed_forward(y), h

@@ -1,0 +1,157 @@
+"""LRURec: Linear Recurrent Units for Sequential Recommendation (Yue et al., WSDM 2024).
+
+Item embedding (no positions) -> Dropout -> LayerNorm, then ``n_layers`` blocks of
+[LRU layer (complex diagonal linear recurrence, state size 2d) + point-wise feed-forward],
+scored against the item embeddings plus a per-item bias. Training runs the recurrence as a
+log-depth parallel scan; inference can also advance one item at a time with a fixed-size
+state per layer (:meth:`LRURec.step`), at a cost that does not grow with the history length.
+
+Architecture and initialisation follow the official code (github.com/yueqirex/LRURec):
+dropout before the embedding LayerNorm, no outer GELU in the feed-forward, complex biases
+in B and C with gamma scaling B's bias, max phase 2*pi, truncated-normal init (std 0.02,
+cut at +-0.04) of every weight and bias, real and imaginary parts alike.
+"""
+
+import torch
+from torch import nn
+
+from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.layers import LRUBlock, LRULayer
+
+
+class LRURec(EfficientSequentialRecommender):
+    causal = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.n_layers = config["n_layers"]
+        self.initializer_range = config["initializer_range"]
+        self.lru_params_weight_decay = bool(config["lru_params_weight_decay"])
+        eps = config["layer_norm_eps"]
+
+        # padding_idx=0 (RecBole convention): the pad row starts at zero. RecBole right-pads and
+        # the recurrence is causal, so pad inputs never reach a real position and the pad row
+        # only serves as the output vector of item 0 (in the softmax like in the official code,
+        # never recommended: full-sort evaluation masks item 0). The official code's left
+        # padding makes the pad a learnt BOS input; RecBole windows have no BOS position.
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.emb_dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.emb_layer_norm = nn.LayerNorm(self.hidden_size, eps=eps)
+        self.blocks = nn.ModuleList([
+            LRUBlock(self.hidden_size,
+                     lru_dropout=config["lru_dropout_prob"],
+                     hidden_dropout=config["hidden_dropout_prob"],
+                     r_min=config["r_min"], r_max=config["r_max"],
+                     max_phase=config["max_phase"], layer_norm_eps=eps)
+            for _ in range(self.n_layers)
+        ])
+        self.output_bias = nn.Parameter(torch.zeros(self.n_items))
+        self._init_weights()
+
+    # -- initialisation and optimiser ----------------------------------------------------
+    def _lru_log_params(self):
+        return [p for m in self.modules() if isinstance(m, LRULayer) for p in m.log_parameters()]
+
+    def _layer_norm_params(self):
+        return [p for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
+
+    def _init_weights(self):
+        """Truncated normal (std ``initializer_range``, cut at 2 std) for every parameter but
+        LayerNorm (default 1/0) and the LRU log-parameters (ring init)."""
+        std = self.initializer_range
+        skip = {id(p) for p in self._lru_log_params() + self._layer_norm_params()}
+        with torch.no_grad():
+            for p in self.parameters():
+                if id(p) not in skip:
+                    nn.init.trunc_normal_(p, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            self.item_embedding.weight[0].zero_()
+
+    def optimizer_groups(self, weight_decay):
+        """AdamW groups: no decay for biases and LayerNorm parameters.
+
+        The LRU log-parameters (nu, theta, gamma) are decayed as in the official code unless
+        ``lru_params_weight_decay: False``; decay pulls them towards 0, i.e. towards
+        ``|lambda| = exp(-1)``, ``theta = 1`` and ``gamma = 1``.
+        """
+        no_decay = {id(p) for p in self._layer_norm_params()}
+        if not self.lru_params_weight_decay:
+            no_decay |= {id(p) for p in self._lru_log_params()}
+        decay, plain = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if id(p) in no_decay or "bias" in leaf:
+                plain.append(p)
+            else:
+                decay.append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": plain, "weight_decay": 0.0}]
+
+    # -- training / full-sequence inference -----------------------------------------------
+    def embed(self, item_seq):
+        return self.emb_layer_norm(self.emb_dropout(self.item_embedding(item_seq)))
+
+    def encode(self, item_seq, item_seq_len):
+        x = self.embed(item_seq)
+        for block in self.blocks:
+            x, _ = block(x)
+        return x
+
+    def output_embedding(self):
+        return self.item_embedding.weight, self.output_bias
+
+    # -- incremental inference ----------------------------------------------------------
+    def _check_eval(self):
+        if self.training:
+            raise RuntimeError("LRURec incremental inference runs in eval mode only (dropout "
+                               "off): call model.eval() first.")
+
+    def init_state(self, batch_size):
+        """Empty history: one zero complex state ``[batch_size, 2 * hidden_size]`` per layer."""
+        device = self.item_embedding.weight.device
+        return [torch.zeros(batch_size, block.lru.state_size, dtype=torch.complex64, device=device)
+                for block in self.blocks]
+
+    @torch.no_grad()
+    def build_state(self, item_seq, item_seq_len):
+        """State after the last real item of each right-padded row, in one parallel pass.
+
+        ``item_seq [B, L]``, ``item_seq_len [B]`` (0 gives the empty state) -> list of
+        ``[B, 2 * hidden_size]`` complex tensors, one per layer. Eval mode only.
+        """
+        self._check_eval()
+        last = (item_seq_len - 1).clamp_min(0)
+        empty = (item_seq_len == 0)[:, None]
+        x = self.embed(item_seq)
+        states = []
+        for block in self.blocks:
+            x, h = block(x)
+            h_last = h.gather(1, last.view(-1, 1, 1).expand(-1, 1, h.size(-1))).squeeze(1)
+            states.append(h_last.masked_fill(empty, 0))
+        return states
+
+    @torch.no_grad()
+    def step(self, item_ids, state):
+        """Append one item per row and score every item.
+
+        ``item_ids [B]``, ``state`` from :meth:`init_state`, :meth:`build_state` or a previous
+        ``step`` -> ``(scores [B, n_items], new_state)``. Costs O(n_layers * d^2) for the
+        recurrence plus O(n_items * d) for the scores, independent of the history length.
+        The scores equal ``full_sort_predict`` on the whole history. Eval mode only; the
+        given ``state`` is not modified.
+        """
+        self._check_eval()
+        x = self.embed(item_ids)
+        new_state = []
+        for block, h_prev in zip(self.blocks, state):
+            x, h = block.step(x, h_prev)
+            new_state.append(h)
+        return self.logits(x), new_state
+
+    def extra_repr(self):
+        return f"lru_params_weight_decay={self.lru_params_weight_decay}"
+
+
+__all__ = ["LRURec"]
