@@ -34,7 +34,10 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     try:
-        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+        # Eval rows carry every prefix field in both training modes (all_positions' full
+        # dataset holds raw interactions only).
+        flops_data = valid_data._dataset if valid_data else dataset
+        flops = get_flops(model, flops_data, config["device"], logger, construct_transform(config))
         logger.info(set_color("FLOPs", "blue") + f": {flops}")
     except Exception as err:  # FLOPs are informative only; thop cannot trace every model
         logger.info(set_color("FLOPs", "blue") + f": not counted ({err.__class__.__name__})")

@@ -1,7 +1,15 @@
 """Shared fixtures: a tiny synthetic dataset in RecBole atomic format, written per test."""
 
+import os
+
 import numpy as np
 import pytest
+import torch
+
+# One intra-op thread: on a busy 2-core machine, two OpenMP threads per process spin against
+# each other (measured: a scan step 17x slower). Subprocesses and Ray workers inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY = "tiny"
 

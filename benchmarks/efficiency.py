@@ -1,0 +1,597 @@
+"""Training-step time, peak memory and inference latency against sequence length.
+
+    uv run python benchmarks/efficiency.py --models SoftmaxSASRec SASRec LightSANs GRU4Rec
+
+Every model (ours from ``recbole_efficient.model.MODELS`` or RecBole's) is built from its yaml
+defaults with ``MAX_ITEM_LIST_LENGTH = L`` on random full-length sequences, then measured at
+each length L in two settings:
+
+* ``tokens``: a constant number of tokens per batch (batch = ``--tokens_per_batch`` // L),
+* ``batch``: a constant batch size (``--batch_size``),
+
+for a training step (forward + backward + gradient clipping if configured + optimiser step)
+and for ``full_sort_predict`` on one batch. Each figure is the median of ``--repeats`` calls
+after ``--warmup`` calls; models are interleaved call by call so that machine noise hits them
+alike. Peak memory is what one call allocates on top of the memory that existed before it
+(parameters, optimiser state, the batch): see ``benchmarks/common.py`` for how it is measured
+on CPU and CUDA. Growth exponents are least-squares slopes in log-log space of the cost per
+sequence (figure / batch size) against L: 1 = linear, 2 = quadratic, in both settings.
+
+Outputs in ``--out``: efficiency.json (meta + raw points + exponents), efficiency.csv (raw
+points), efficiency.md (tables), efficiency_time.png and efficiency_memory.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import recbole_efficient  # noqa: E402,F401  (NumPy 2 aliases for RecBole)
+from benchmarks import common as C  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "efficiency"
+RECBOLE_BASELINES = ("SASRec", "LightSANs", "GRU4Rec")
+SETTINGS = ("tokens", "batch")
+KINDS = ("train", "inference")
+STATUS_TEXT = {"too_slow": "too slow", "oom": "OOM", "error": "error", "skipped": "skipped"}
+
+
+def default_models():
+    """Our registered models, then RecBole's reference models."""
+    from recbole_efficient.model import MODELS
+
+    return list(MODELS) + [m for m in RECBOLE_BASELINES if m not in MODELS]
+
+
+def _key_value(text):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), C.parse_value(value)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=None,
+                   help="model class names (default: every recbole_efficient model, then "
+                        + ", ".join(RECBOLE_BASELINES) + ")")
+    p.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 500, 1000, 2000])
+    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--tokens_per_batch", type=int, default=4096,
+                   help="tokens setting: batch = max(1, tokens_per_batch // L)")
+    p.add_argument("--batch_size", type=int, default=4, help="batch setting: sequences per batch")
+    p.add_argument("--n_items", type=int, default=2000,
+                   help="item vocabulary incl. the padding id 0 (dataset.num(item_id))")
+    p.add_argument("--hidden_size", type=int, default=None,
+                   help="hidden size (GRU4Rec: embedding_size and hidden_size); default: yaml")
+    p.add_argument("--n_layers", type=int, default=None,
+                   help="layers (n_layers or num_layers); default: yaml")
+    p.add_argument("--set", dest="extra", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE",
+                   help="any other config key, applied to the models whose yaml defines it")
+    p.add_argument("--train_mode", choices=["augmented", "all_positions"], default=None,
+                   help="for recbole_efficient models (default: each model's yaml); RecBole's "
+                        "models always train augmented")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--max_seconds_per_point", type=float, default=30.0,
+                   help="skip a point (status too_slow) whose warmup+repeats would exceed this, "
+                        "and the larger lengths of that model and setting; 0: no limit")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--cpu_memory", choices=["profiler", "rss", "none"], default="profiler",
+                   help="how peak memory is measured on CPU (see benchmarks/common.py)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads on CPU; 0: torch's default. One thread by default: "
+                        "on a shared machine multi-threaded small ops stall on descheduled threads "
+                        "(GRU4Rec steps varied 10x with 2 threads under load, not with 1)")
+    p.add_argument("--reference", default=None,
+                   help="model that time ratios are relative to (default: the first model)")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.models = args.models or default_models()
+    from recbole_efficient.utils import get_model
+
+    for name in args.models:
+        try:
+            get_model(name)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    args.lengths = sorted(set(args.lengths))
+    if args.reference is None or args.reference not in args.models:
+        args.reference = args.models[0]
+    return args
+
+
+def batch_size_for(setting, seq_len, args):
+    if setting == "tokens":
+        return max(1, args.tokens_per_batch // seq_len)
+    return args.batch_size
+
+
+def model_overrides(name, seq_len, args):
+    extra = dict(args.extra)
+    over = C.size_overrides(name, args.hidden_size, args.n_layers, extra)
+    defaults = C.model_yaml_defaults(name)
+    if "k_interests" in defaults:  # LightSANs: no more interests than positions
+        k = over.get("k_interests", defaults["k_interests"])
+        if k > seq_len:
+            over["k_interests"] = seq_len
+    return over
+
+
+class EfficiencyBenchmark:
+    def __init__(self, args, log=print):
+        self.args = args
+        self.log = log
+        self.device = torch.device(args.device)
+        self.points = []
+        self.model_info = {}
+        self.stopped = {}    # (model, kind, setting) -> why larger lengths are skipped
+        self.last = {}       # (model, kind, setting) -> (L, batch, median seconds)
+
+    # -- measurement ------------------------------------------------------------------------
+    def run(self):
+        started = time.perf_counter()
+        threads = torch.get_num_threads()
+        if self.args.threads and self.device.type == "cpu":
+            torch.set_num_threads(self.args.threads)
+        try:
+            for seq_len in self.args.lengths:
+                self._run_length(seq_len)
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            self.wall_seconds = time.perf_counter() - started
+            return self.results()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _build_all(self, seq_len):
+        built, errors = {}, {}
+        for name in self.args.models:
+            if all((name, k, s) in self.stopped for k in self.args.kinds for s in self.args.settings):
+                continue
+            over = model_overrides(name, seq_len, self.args)
+            try:
+                model, config, info = C.build_model(name, seq_len, self.args.n_items, over,
+                                                    self.args.train_mode, self.device, self.args.seed)
+                optimizer = C.build_optimizer(model, config)
+            except Exception as err:  # noqa: BLE001 - recorded as the point's status
+                errors[name] = f"{type(err).__name__}: {err}"[:300]
+                self.log(f"  {name}: build failed: {errors[name]}")
+                continue
+            self.model_info.setdefault(name, {"train_mode": info["train_mode"],
+                                              "loss_type": info["loss_type"],
+                                              "overrides": {k: v for k, v in over.items()
+                                                            if k != "k_interests"},
+                                              "n_params": {}})
+            self.model_info[name]["n_params"][seq_len] = info["n_params"]
+            built[name] = {"model": model, "config": config, "info": info,
+                           "optimizer": optimizer, "overrides": over,
+                           "clip": config["clip_grad_norm"]}
+        return built, errors
+
+    def _run_length(self, seq_len):
+        args = self.args
+        self.log(f"L={seq_len}")
+        built, errors = self._build_all(seq_len)
+        for kind in args.kinds:
+            groups = {}
+            for setting in args.settings:
+                groups.setdefault(batch_size_for(setting, seq_len, args), []).append(setting)
+            for batch, settings in groups.items():
+                self._run_group(kind, seq_len, batch, settings, built, errors)
+
+    def _predicted_step_seconds(self, name, kind, setting, seq_len, batch):
+        """Lower bound of one call's time from the previous length: work at least ~ tokens."""
+        prev = self.last.get((name, kind, setting))
+        if prev is None:
+            return None
+        prev_len, prev_batch, prev_t = prev
+        return 0.8 * prev_t * (seq_len * batch) / (prev_len * prev_batch)
+
+    def _run_group(self, kind, seq_len, batch, settings, built, errors):
+        """Measure every model for one (kind, L, batch); shared by settings with that batch."""
+        args = self.args
+        n_calls = args.warmup + args.repeats
+        limit = args.max_seconds_per_point or None
+        outcome = {}  # name -> dict(status, note, times, mem)
+        todo = []
+        for name in args.models:
+            live = [s for s in settings if (name, kind, s) not in self.stopped]
+            if not live:
+                outcome[name] = {"status": "skipped",
+                                 "note": self.stopped[(name, kind, settings[0])]}
+                continue
+            if name in errors:
+                outcome[name] = {"status": "error", "note": errors[name]}
+                continue
+            if name not in built:
+                continue
+            pred = max((self._predicted_step_seconds(name, kind, s, seq_len, batch) or 0)
+                       for s in live)
+            if limit and pred * n_calls > limit:
+                outcome[name] = {"status": "too_slow",
+                                 "note": f"predicted >= {pred:.1f} s per call from the previous "
+                                         f"length; {n_calls} calls exceed {limit:g} s"}
+                continue
+            todo.append(name)
+
+        calls = {}
+        for name in todo:
+            b = built[name]
+            cfg, mode = b["config"], b["info"]["train_mode"]
+            data = C.make_batch(cfg, batch, seq_len, args.n_items, mode, kind == "train",
+                                self.device, args.seed)
+            if kind == "train":
+                calls[name] = (lambda m=b["model"], o=b["optimizer"], d=data, c=b["clip"]:
+                               C.train_step(m, o, d, c))
+            else:
+                calls[name] = lambda m=b["model"], d=data: C.inference_step(m, d)
+            outcome[name] = {"status": "ok", "times": [], "elapsed": 0.0}
+
+        active = list(todo)
+        for call_idx in range(n_calls):
+            for name in list(active):
+                res = outcome[name]
+                try:
+                    t = C.timed(calls[name], self.device)
+                except Exception as err:  # noqa: BLE001
+                    res.update(status="oom" if C.is_oom(err) else "error",
+                               note=f"{type(err).__name__}: {err}"[:300])
+                    active.remove(name)
+                    self._free_after_error()
+                    continue
+                res["elapsed"] += t
+                remaining = n_calls - call_idx - 1
+                # First call: tolerant (one-off initialisation); second: the honest estimate.
+                if limit and call_idx <= 1 and \
+                        res["elapsed"] + t * remaining > limit * (2 if call_idx == 0 else 1):
+                    res.update(status="too_slow",
+                               note=f"{t:.2f} s per call; {n_calls} calls exceed {limit:g} s")
+                    active.remove(name)
+                    continue
+                if call_idx >= args.warmup:
+                    res["times"].append(t)
+
+        for name in active:
+            res = outcome[name]
+            res["mem"], res["mem_method"] = self._memory(name, kind, seq_len, batch, built,
+                                                          calls[name])
+
+        for name, res in outcome.items():
+            info = built.get(name, {}).get("info") or {}
+            mode = info.get("train_mode") or self.model_info.get(name, {}).get("train_mode")
+            for setting in settings:
+                self._record(name, mode, kind, setting, seq_len, batch, res, settings, info)
+        self._log_group(kind, seq_len, batch, settings, outcome)
+
+    def _memory(self, name, kind, seq_len, batch, built, call):
+        args = self.args
+        try:
+            if self.device.type == "cuda":
+                return C.cuda_peak_bytes(call, self.device), "cuda_max_memory_allocated"
+            if args.cpu_memory == "profiler":
+                return C.profiler_peak_bytes(call), "cpu_profiler_allocations"
+            if args.cpu_memory == "rss":
+                b = built[name]
+                spec = {"model": name, "max_len": seq_len, "n_items": args.n_items,
+                        "batch_size": batch, "overrides": b["overrides"],
+                        "train_mode": args.train_mode, "seed": args.seed,
+                        "threads": args.threads}
+                key = (name, seq_len, batch)
+                cache = self.__dict__.setdefault("_rss_cache", {})
+                if key not in cache:  # one subprocess measures both kinds
+                    cache[key] = C.rss_point_in_subprocess(spec)
+                return cache[key].get(kind), "cpu_rss_subprocess"
+        except Exception as err:  # noqa: BLE001 - memory is reported as missing
+            self.log(f"  {name}: memory measurement failed: {type(err).__name__}: {err}")
+        return None, None
+
+    def _free_after_error(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _record(self, name, mode, kind, setting, seq_len, batch, res, settings, info):
+        times = res.get("times") or []
+        status = res["status"]
+        key = (name, kind, setting)
+        if status == "ok":
+            self.last[key] = (seq_len, batch, C.median(times))
+        elif status in ("too_slow", "oom") and key not in self.stopped:
+            self.stopped[key] = f"{STATUS_TEXT[status]} at L={seq_len}"
+        note = res.get("note", "")
+        if len(settings) > 1:
+            note = (note + "; " if note else "") + "measured once for settings " + "+".join(settings)
+        self.points.append({
+            "model": name, "train_mode": mode, "kind": kind, "setting": setting,
+            "seq_len": seq_len, "batch_size": batch, "tokens": batch * seq_len,
+            "status": status,
+            "time_s_median": C.median(times) if status == "ok" else None,
+            "time_s_min": min(times) if status == "ok" else None,
+            "time_s_max": max(times) if status == "ok" else None,
+            "time_s_all": [round(t, 6) for t in times] if status == "ok" else [],
+            "repeats": len(times) if status == "ok" else 0,
+            "peak_mem_bytes": res.get("mem") if status == "ok" else None,
+            "mem_method": res.get("mem_method") if status == "ok" else None,
+            "n_params": info.get("n_params"),
+            "note": note,
+        })
+
+    def _log_group(self, kind, seq_len, batch, settings, outcome):
+        parts = []
+        for name, res in outcome.items():
+            if res["status"] == "ok":
+                mem = C.fmt_mib(res.get("mem"))
+                parts.append(f"{name} {C.fmt_seconds_ms(C.median(res['times']))} ms"
+                             + (f" / {mem} MiB" if mem else ""))
+            else:
+                parts.append(f"{name} {STATUS_TEXT.get(res['status'], res['status'])}")
+        self.log(f"  {kind:9s} B={batch:<5d} [{'+'.join(settings)}]: " + ", ".join(parts))
+
+    # -- results ----------------------------------------------------------------------------
+    def exponents(self):
+        rows = []
+        for name in self.args.models:
+            for kind in self.args.kinds:
+                for setting in self.args.settings:
+                    pts = sorted((p for p in self.points if p["model"] == name and p["kind"] == kind
+                                  and p["setting"] == setting and p["status"] == "ok"),
+                                 key=lambda p: p["seq_len"])
+                    xs = [p["seq_len"] for p in pts]
+                    per_seq_t = [p["time_s_median"] / p["batch_size"] for p in pts]
+                    per_seq_m = [p["peak_mem_bytes"] / p["batch_size"]
+                                 if p["peak_mem_bytes"] else None for p in pts]
+                    rows.append({
+                        "model": name, "train_mode": self.model_info.get(name, {}).get("train_mode"),
+                        "kind": kind, "setting": setting,
+                        "time_exponent": _round(C.fit_exponent(xs, per_seq_t)),
+                        "memory_exponent": _round(C.fit_exponent(xs, per_seq_m)),
+                        # between the two largest lengths: closest to the asymptotic growth
+                        "time_exponent_tail": _round(C.fit_exponent(xs[-2:], per_seq_t[-2:])),
+                        "memory_exponent_tail": _round(C.fit_exponent(xs[-2:], per_seq_m[-2:])),
+                        "lengths": xs,
+                    })
+        return rows
+
+    def results(self):
+        args = self.args
+        meta = {
+            "command": "python benchmarks/efficiency.py " + " ".join(sys.argv[1:])
+            if Path(sys.argv[0]).name == "efficiency.py" else None,
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "wall_seconds": round(getattr(self, "wall_seconds", 0.0), 1),
+            "environment": C.environment(self.device),
+            "args": {k: v for k, v in vars(args).items()},
+            "memory_method": ("cuda_max_memory_allocated" if self.device.type == "cuda"
+                              else {"profiler": "cpu_profiler_allocations",
+                                    "rss": "cpu_rss_subprocess", "none": None}[args.cpu_memory]),
+        }
+        return {"meta": meta, "models": self.model_info, "points": self.points,
+                "exponents": self.exponents()}
+
+
+def _round(x, nd=2):
+    return None if x is None else round(x, nd)
+
+
+# -- writers --------------------------------------------------------------------------------
+CSV_FIELDS = ["model", "train_mode", "kind", "setting", "seq_len", "batch_size", "tokens", "status",
+              "time_s_median", "time_s_min", "time_s_max", "repeats", "peak_mem_bytes",
+              "mem_method", "n_params", "time_s_all", "note"]
+
+
+def _setting_title(setting, args):
+    if setting == "tokens":
+        return f"constant tokens per batch ({args['tokens_per_batch']}; batch = tokens // L)"
+    return f"constant batch size ({args['batch_size']})"
+
+
+def _cell(point, value):
+    if point is None:
+        return ""
+    if point["status"] != "ok":
+        return STATUS_TEXT.get(point["status"], point["status"])
+    return value if value is not None else "n/a"
+
+
+def markdown_report(results):
+    meta, points, args = results["meta"], results["points"], results["meta"]["args"]
+    env = meta["environment"]
+    lengths, models = args["lengths"], args["models"]
+    ref = args["reference"]
+    index = {(p["model"], p["kind"], p["setting"], p["seq_len"]): p for p in points}
+    expo = {(e["model"], e["kind"], e["setting"]): e for e in results["exponents"]}
+    modes = {m: (results["models"].get(m) or {}).get("train_mode", "") for m in models}
+
+    def exp_cell(m, kind, setting, exp_key):
+        e = expo.get((m, kind, setting)) or {}
+        full, tail = e.get(exp_key), e.get(exp_key + "_tail")
+        if full is None:
+            return ""
+        return f"{full:.2f}" if tail is None or len(e.get("lengths", [])) <= 2 \
+            else f"{full:.2f} / {tail:.2f}"
+
+    def header(setting):
+        cols = []
+        for L in lengths:
+            b = batch_size_for(setting, L, argparse.Namespace(**args))
+            cols.append(f"L={L} (B={b})" if setting == "tokens" else f"L={L}")
+        return cols
+
+    def table(kind, setting, fmt, exp_key, ratio=False):
+        head = ["model", "train_mode"] + header(setting) + ([] if ratio else ["exponent (all / last 2)"])
+        rows = []
+        for m in models:
+            row = [m, modes[m]]
+            for L in lengths:
+                p = index.get((m, kind, setting, L))
+                if ratio:
+                    r = index.get((ref, kind, setting, L))
+                    ok = p and r and p["status"] == "ok" and r["status"] == "ok"
+                    row.append(f"{p['time_s_median'] / r['time_s_median']:.2f}" if ok
+                               else _cell(p, None) if p and p["status"] != "ok" else "")
+                else:
+                    row.append(_cell(p, fmt(p) if p else None))
+            if not ratio:
+                row.append(exp_cell(m, kind, setting, exp_key))
+            rows.append(row)
+        return C.markdown_table(head, rows)
+
+    t = lambda p: C.fmt_seconds_ms(p["time_s_median"])  # noqa: E731
+    mem = lambda p: C.fmt_mib(p["peak_mem_bytes"])  # noqa: E731
+    mem_desc = {
+        "cpu_profiler_allocations": "peak of torch's CPU tensor allocations during the call "
+                                    "(torch.profiler memory events), above what existed before it",
+        "cpu_rss_subprocess": "peak RSS growth during the call, in a fresh subprocess per point "
+                              "(glibc mmap threshold 64 KiB, peak mark reset after one warm-up call)",
+        "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the call minus "
+                                     "memory_allocated before it",
+        None: "not measured",
+    }[meta["memory_method"]]
+    lines = [
+        "# Efficiency: time and memory against sequence length",
+        "",
+        f"- command: `{meta['command'] or 'efficiency.run'}`",
+        f"- date (UTC): {meta['date_utc']}; wall time of the run: {meta['wall_seconds']} s",
+        f"- device: {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
+        f"{env['cpu_count']} CPUs, torch {env['torch']} with {env['torch_threads']} threads; "
+        f"{env['platform']}",
+        f"- models built from their yaml defaults, n_items={args['n_items']}"
+        + (f", hidden_size={args['hidden_size']}" if args["hidden_size"] else "")
+        + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
+        + (", " + ", ".join(f"{k}={v}" for k, v in args["extra"]) if args["extra"] else "")
+        + "; random full-length sequences (no padding)",
+        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls, "
+        "models interleaved call by call; a point is skipped (too slow) when its calls would "
+        f"exceed {args['max_seconds_per_point']:g} s, and so are larger L of that model and setting",
+        f"- peak memory: {mem_desc}",
+        "- exponent: least-squares slope of log(cost per sequence) against log(L) over the measured "
+        "lengths (cost per sequence = figure / batch size): 1 = linear, 2 = quadratic in L",
+        "",
+        "| model | train_mode | parameters (at smallest L) | overrides |",
+        "|---|---|---|---|",
+    ]
+    for m in models:
+        info = results["models"].get(m) or {}
+        n_params = info.get("n_params") or {}
+        first = n_params[min(n_params, key=int)] if n_params else ""  # JSON keys are str
+        over = ", ".join(f"{k}={v}" for k, v in (info.get("overrides") or {}).items())
+        lines.append(f"| {m} | {modes[m]} | {first:,} | {over} |" if first != ""
+                     else f"| {m} | {modes[m]} |  | {over} |")
+    summary_cols = [(k, s, q) for k in args["kinds"] for q in ("time", "memory")
+                    for s in args["settings"] if q == "time" or meta["memory_method"]]
+    if summary_cols:
+        short = {"train": "train", "inference": "infer", "tokens": "const. tokens",
+                 "batch": "const. batch", "time": "time", "memory": "mem"}
+        head = ["model", "train_mode"] + [f"{short[k]} {short[q]}, {short[s]}"
+                                          for k, s, q in summary_cols]
+        rows = [[m, modes[m]] + [exp_cell(m, k, s, f"{q}_exponent") for k, s, q in summary_cols]
+                for m in models]
+        lines += ["", "## Growth exponents in L (all lengths / two largest lengths)", "",
+                  "Slope of log(cost per sequence) against log(L); 1 = linear, 2 = quadratic.",
+                  "", C.markdown_table(head, rows)]
+    sections = [
+        ("train", "Training step (forward + backward + optimiser step)"),
+        ("inference", "Inference (`full_sort_predict` on one batch)"),
+    ]
+    for kind, title in sections:
+        if kind not in args["kinds"]:
+            continue
+        lines += ["", f"## {title}"]
+        what = "Time per step" if kind == "train" else "Latency per batch"
+        for setting in args["settings"]:
+            lines += ["", f"### {what} (ms), {_setting_title(setting, args)}", "",
+                      table(kind, setting, t, "time_exponent")]
+        for setting in args["settings"]:
+            lines += ["", f"### {what} relative to {ref}, {_setting_title(setting, args)}", "",
+                      table(kind, setting, t, None, ratio=True)]
+        if meta["memory_method"]:
+            for setting in args["settings"]:
+                lines += ["", f"### Peak memory (MiB), {_setting_title(setting, args)}", "",
+                          table(kind, setting, mem, "memory_exponent")]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results, out):
+    args, points = results["meta"]["args"], results["points"]
+    models = args["models"]
+
+    def panels(value, ylabel):
+        out_panels = []
+        for kind in args["kinds"]:
+            for setting in args["settings"]:
+                series = {}
+                for m in models:
+                    pts = sorted((p for p in points if p["model"] == m and p["kind"] == kind
+                                  and p["setting"] == setting and p["status"] == "ok"),
+                                 key=lambda p: p["seq_len"])
+                    if pts:
+                        series[m] = ([p["seq_len"] for p in pts], [value(p) for p in pts])
+                label = "training step" if kind == "train" else "inference"
+                short = (f"{args['tokens_per_batch']} tokens/batch" if setting == "tokens"
+                         else f"batch {args['batch_size']}")
+                out_panels.append({"title": f"{label}, {short}", "xlabel": "sequence length L",
+                                   "ylabel": ylabel, "series": series})
+        return out_panels
+
+    files = []
+    time_png = Path(out) / "efficiency_time.png"
+    C.plot_loglog(panels(lambda p: p["time_s_median"] * 1000, "ms per call"), time_png,
+                  "Time vs sequence length (log-log)", ncols=len(args["settings"]))
+    files.append(time_png)
+    if results["meta"]["memory_method"]:
+        mem_png = Path(out) / "efficiency_memory.png"
+        C.plot_loglog(panels(lambda p: p["peak_mem_bytes"] / 2**20 if p["peak_mem_bytes"] else None,
+                             "peak MiB per call"), mem_png,
+                      "Peak memory vs sequence length (log-log)", ncols=len(args["settings"]))
+        files.append(mem_png)
+    return files
+
+
+def write_outputs(results, out):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    C.write_json(results, out / "efficiency.json")
+    C.write_csv(results["points"], out / "efficiency.csv", CSV_FIELDS)
+    text = markdown_report(results)
+    (out / "efficiency.md").write_text(text)
+    files = [out / "efficiency.json", out / "efficiency.csv", out / "efficiency.md"]
+    return files + plots(results, out), text
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = EfficiencyBenchmark(args).run()
+    files, text = write_outputs(results, args.out)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The benchmark harness itself (benchmarks/), on tiny sizes: no timing is asserted."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import accuracy, common, efficiency  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# -- exponent fit --------------------------------------------------------------------------
+@pytest.mark.parametrize("power", [1, 2])
+def test_fit_exponent_recovers_power_law(power):
+    lengths = [50, 200, 500, 1000, 2000]
+    assert common.fit_exponent(lengths, [3e-6 * L ** power for L in lengths]) == \
+        pytest.approx(power, abs=0.05)
+
+
+def test_fit_exponent_with_constant_term_and_missing_points():
+    lengths = [50, 200, 500, 1000, 2000]
+    # a constant overhead flattens the fit; missing / non-positive points are ignored
+    slope = common.fit_exponent(lengths, [1e-2 + 1e-7 * L ** 2 for L in lengths])
+    assert 0.5 < slope < 1.9
+    assert common.fit_exponent(lengths, [None, 4.0, 0.0, 100.0, None]) == pytest.approx(2.0)
+    assert common.fit_exponent([10], [1.0]) is None
+    assert common.fit_exponent([10, 20], [None, 1.0]) is None
+
+
+# -- building blocks -------------------------------------------------------------------------
+def test_size_overrides_apply_only_keys_the_model_has():
+    assert common.size_overrides("SoftmaxSASRec", 8, 1) == {"hidden_size": 8, "n_layers": 1}
+    assert common.size_overrides("GRU4Rec", 8, 1) == {"hidden_size": 8, "embedding_size": 8,
+                                                      "num_layers": 1}
+    assert common.size_overrides("GRU4Rec", extra={"inner_size": 4, "dropout_prob": 0.1}) == \
+        {"dropout_prob": 0.1}
+
+
+def test_build_model_batches_and_steps_in_both_modes():
+    for name, mode in [("SoftmaxSASRec", "all_positions"), ("SoftmaxSASRec", "augmented"),
+                       ("GRU4Rec", None), ("LightSANs", None)]:
+        over = efficiency.model_overrides(name, 6, efficiency.parse_args(["--hidden_size", "8"]))
+        model, config, info = common.build_model(name, 6, 30, over, mode)
+        assert info["train_mode"] == (mode or "augmented")
+        batch = common.make_batch(config, 3, 6, 30, info["train_mode"], train=True)
+        assert batch["item_id_list"].shape == (3, 6)
+        assert ("item_id_target_list" in batch) == (info["train_mode"] == "all_positions")
+        optimizer = common.build_optimizer(model, config)
+        before = [p.detach().clone() for p in model.parameters()]
+        common.train_step(model, optimizer, batch, config["clip_grad_norm"])
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        scores = common.inference_step(model, common.make_batch(config, 3, 6, 30, train=False))
+        assert scores.shape == (3, 30)
+
+
+def test_profiler_peak_counts_tensor_allocations():
+    def fn():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 20)  # 4 MiB more: the peak
+        del a, b
+        c = torch.ones(1 << 19)  # 2 MiB after the frees
+        return c.sum()
+
+    peak = common.profiler_peak_bytes(fn)
+    assert 8 * 2**20 <= peak < 8.5 * 2**20
+
+
+# -- efficiency end to end -------------------------------------------------------------------
+def test_efficiency_end_to_end_writes_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eff"
+    results = efficiency.main([
+        "--models", "SoftmaxSASRec", "GRU4Rec", "--lengths", "8", "16", "--hidden_size", "8",
+        "--n_items", "50", "--tokens_per_batch", "64", "--batch_size", "2", "--repeats", "2",
+        "--warmup", "1", "--out", str(out)])
+    for name in ["efficiency.json", "efficiency.csv", "efficiency.md", "efficiency_time.png",
+                 "efficiency_memory.png"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+
+    data = json.loads((out / "efficiency.json").read_text())
+    points = data["points"]
+    assert len(points) == 2 * 2 * 2 * 2  # models x kinds x settings x lengths
+    assert all(p["status"] == "ok" and p["time_s_median"] > 0 and p["repeats"] == 2
+               for p in points)
+    assert all(p["peak_mem_bytes"] > 0 for p in points if p["kind"] == "train")
+    modes = {p["model"]: p["train_mode"] for p in points}
+    assert modes == {"SoftmaxSASRec": "all_positions", "GRU4Rec": "augmented"}
+    batches = {(p["setting"], p["seq_len"]): p["batch_size"] for p in points}
+    assert batches == {("tokens", 8): 8, ("tokens", 16): 4, ("batch", 8): 2, ("batch", 16): 2}
+    assert len(data["exponents"]) == 2 * 2 * 2
+    assert all(isinstance(e["time_exponent"], float) for e in data["exponents"])
+    assert data["meta"]["memory_method"] == "cpu_profiler_allocations"
+    assert results["points"] == points
+
+    with (out / "efficiency.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(points) and set(efficiency.CSV_FIELDS) <= set(rows[0])
+
+    md = (out / "efficiency.md").read_text()
+    assert "| SoftmaxSASRec | all_positions |" in md and "| GRU4Rec | augmented |" in md
+    assert "L=16 (B=4)" in md
+    _assert_tables_well_formed(md)
+
+
+def _assert_tables_well_formed(md):
+    """Every markdown table row has as many cells as its header."""
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    assert tables
+    for table in tables:
+        cells = [line.replace("\\|", "").count("|") for line in table]
+        assert len(set(cells)) == 1 and table[1].startswith("|---"), table
+
+
+def test_efficiency_marks_too_slow_then_skips_larger_lengths(tmp_path):
+    results = efficiency.main([
+        "--models", "GRU4Rec", "--lengths", "4", "8", "--hidden_size", "4", "--n_items", "20",
+        "--settings", "batch", "--kinds", "train", "--batch_size", "1", "--repeats", "1",
+        "--warmup", "0", "--max_seconds_per_point", "1e-9", "--out", str(tmp_path)])
+    status = {p["seq_len"]: p["status"] for p in results["points"]}
+    assert status == {4: "too_slow", 8: "skipped"}
+    md = (tmp_path / "efficiency.md").read_text()
+    assert "too slow" in md and "skipped" in md
+
+
+# -- accuracy --------------------------------------------------------------------------------
+def test_accuracy_overrides_are_parsed():
+    args = accuracy.parse_args(["--models", "SASRec", "--MAX_ITEM_LIST_LENGTH=20",
+                                "--train_batch_size", "64", "--learning_rate=1e-3",
+                                "--time_budget", "5", "--data_path", "."])
+    assert args.overrides == {"MAX_ITEM_LIST_LENGTH": 20, "train_batch_size": 64,
+                              "learning_rate": 1e-3}
+    assert args.epochs == 10_000 and Path(args.data_path).is_absolute()
+    cfg = accuracy.model_config_dict("SASRec", args)
+    assert cfg["train_mode"] == "augmented" and cfg["train_time_budget"] == 5
+    assert cfg["eval_args"]["mode"] == {"valid": "full", "test": "full"}
+    assert "LS" in cfg["eval_args"]["split"]
+
+
+def test_accuracy_tables_from_fake_results(tmp_path):
+    from collections import OrderedDict
+
+    fake = {"best_valid_result": OrderedDict([("ndcg@10", 0.05), ("hit@10", 0.1)]),
+            "test_result": OrderedDict([("recall@10", 0.12), ("mrr@10", 0.03),
+                                        ("ndcg@10", 0.0456789), ("hit@10", 0.12)]),
+            "train_epoch_seconds": [1.0, 2.0, 3.0]}
+    rows = [accuracy.row_from_result("SoftmaxSASRec", {"train_mode": "all_positions"}, fake, 9.5),
+            {"model": "Broken", "train_mode": "augmented", "status": "error",
+             "error": "ValueError: boom | bad"}]
+    assert rows[0]["epochs"] == 3 and rows[0]["train_seconds"] == 6.0
+    assert rows[0]["seconds_per_epoch"] == 2.0 and rows[0]["ndcg@10"] == 0.0457
+    meta = {"command": "x", "dataset": "ml-1m", "eval_mode": "full", "exclude_history": True,
+            "epochs": 10000, "time_budget": 60.0, "seed": 1, "overrides": {"a": 1}}
+    md = accuracy.write_tables(meta, rows, tmp_path)
+    assert "| SoftmaxSASRec | all_positions | ok | 3 | 6.0 | 2.0 | 0.0457 | 0.1200 |" in md
+    assert "- Broken: ValueError: boom" in md
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert all(line.count("|") == header.count("|")
+               for line in md.splitlines() if line.startswith("| ") and "---" not in line)
+    with (tmp_path / "accuracy.csv").open() as f:
+        got = list(csv.DictReader(f))
+    assert [r["model"] for r in got] == ["SoftmaxSASRec", "Broken"]
+    assert got[0]["ndcg@10"] == "0.0457" and got[1]["error"].startswith("ValueError")
+    assert json.loads((tmp_path / "accuracy.json").read_text())["rows"][0]["hit@10"] == 0.12
+
+
+def test_accuracy_one_epoch_on_tiny_dataset(tiny):
+    root, _ = tiny
+    out = root / "acc"
+    rows = accuracy.main(["--models", "SoftmaxSASRec", "--dataset", TINY, "--data_path", str(root),
+                          "--epochs", "1", "--eval_mode", "full", "--out", str(out),
+                          "--MAX_ITEM_LIST_LENGTH=8", "--hidden_size=8", "--n_layers=1",
+                          "--n_heads=1", "--inner_size=16", "--eval_batch_size=64"])
+    assert rows[0]["status"] == "ok", rows[0].get("error")
+    assert rows[0]["epochs"] == 1 and 0 <= rows[0]["ndcg@10"] <= 1
+    assert (out / "accuracy.md").is_file() and (out / "logs" / "SoftmaxSASRec.log").is_file()
+    assert not (root / "log").exists() and not (root / "saved").exists()  # ran in a temp dir
