@@ -81,7 +81,7 @@ def build_parser():
                                 epilog="Any other --key=value is a config override for every model.")
     p.add_argument("--models", nargs="+", default=None,
                    help="model class names (default: every recbole_efficient model, then SASRec)")
-    p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--dataset", default="ml-100k")  # ships inside RecBole: works offline
     p.add_argument("--data_path", default=str(SHARED_DATA) if SHARED_DATA.is_dir() else None,
                    help="folder holding <dataset>/<dataset>.inter")
     p.add_argument("--train_mode", choices=["augmented", "all_positions"], default=None,
