@@ -12,21 +12,17 @@ the same scores.
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from recbole_efficient import Config, get_model
+import torch  # noqa: E402
 
-
-class StubDataset:
-    """What ``SequentialRecommender.__init__`` needs: the number of item ids."""
-
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
+from benchmarks.common import build_model, synchronize  # noqa: E402
 
 
 def median_ms(fns, warmup, repeats, sync):
@@ -50,12 +46,10 @@ def main(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    config = Config(model="LRURec", dataset="ml-100k", read_cmd_line=False,
-                    config_dict={"hidden_size": args.hidden_size, "n_layers": args.n_layers,
-                                 "MAX_ITEM_LIST_LENGTH": max(args.lengths)})
-    torch.manual_seed(0)
-    model = get_model("LRURec")(config, StubDataset(args.n_items)).to(device).eval()
+    sync = lambda: synchronize(device)  # noqa: E731
+    model, _, _ = build_model("LRURec", max(args.lengths), args.n_items, device=device,
+                              overrides={"hidden_size": args.hidden_size, "n_layers": args.n_layers})
+    model.eval()
     gen = torch.Generator().manual_seed(0)
 
     rows = []
