@@ -40,7 +40,8 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(train("SoftmaxSASRec", aug, tmp))
-        rows.append(train("SASRec", aug, tmp))
+        if not ARGS.skip_sasrec:
+            rows.append(train("SASRec", aug, tmp))
         budget = rows[0]["train_seconds"]
         allpos = dict(common, train_mode="all_positions", epochs=10_000,
                       train_time_budget=budget, train_batch_size=128)
@@ -49,7 +50,7 @@ def main():
             "ndcg@10", "hit@10", "mrr@10"]
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    ratio = rows[0]["seconds_per_epoch"] / rows[2]["seconds_per_epoch"]
+    ratio = rows[0]["seconds_per_epoch"] / rows[-1]["seconds_per_epoch"]
     text = "\n".join(table) + f"\n\naugmented / all_positions seconds per epoch: {ratio:.1f}x\n"
     print(text)
     out = Path(ARGS.out)
@@ -64,6 +65,7 @@ if __name__ == "__main__":
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max_len", type=int, default=50)
+    parser.add_argument("--skip_sasrec", action="store_true", help="skip the parity run (2)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ARGS = parser.parse_args()
     main()
