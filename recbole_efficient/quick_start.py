@@ -58,7 +58,7 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
-        "train_epoch_seconds": list(getattr(trainer, "epoch_seconds", [])),
+        "train_epoch_seconds": list(trainer.epoch_seconds),
     }
     if not config["single_spec"]:
         dist.destroy_process_group()

@@ -22,10 +22,15 @@ class EfficientTrainerMixin:
     the best checkpoint so far is kept, so equal-time comparisons run through ``fit`` as usual.
     """
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.epoch_seconds = []  # training seconds of each epoch of the last fit
+        self._fit_started = None
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         self._fit_started = time.time()
-        self.epoch_seconds = []
+        self.epoch_seconds.clear()
         try:
             return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                                show_progress=show_progress, callback_fn=callback_fn)
@@ -36,14 +41,13 @@ class EfficientTrainerMixin:
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         budget = self.config["train_time_budget"]
-        started = getattr(self, "_fit_started", None)
-        if budget and started is not None and epoch_idx > self.start_epoch \
-                and time.time() - started >= budget:
+        if budget and self._fit_started is not None and epoch_idx > self.start_epoch \
+                and time.time() - self._fit_started >= budget:
             raise _BudgetExhausted
         epoch_started = time.time()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
                                     show_progress=show_progress)
-        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [time.time() - epoch_started]
+        self.epoch_seconds.append(time.time() - epoch_started)
         return loss
 
     def _build_optimizer(self, **kwargs):

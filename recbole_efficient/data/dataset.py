@@ -127,11 +127,11 @@ class SequentialDataset(RecBoleSequentialDataset):
                 continue
             list_field = getattr(self, f"{field}_list_field")
             new_dict[list_field] = self._gather(self.inter_feat[field], seq_start, lengths,
-                                                self.field2seqlen[list_field], field)
+                                                self.field2seqlen[list_field])
         new_data.update(Interaction(new_dict))
         return new_data
 
-    def _gather(self, value, seq_start, lengths, list_len, field):
+    def _gather(self, value, seq_start, lengths, list_len):
         """Dense [rows, list_len, ...] copy of ``value[seq_start : seq_start+length]`` per row."""
         width = list_len if isinstance(list_len, int) else list_len[0]
         offs = np.arange(width)
@@ -141,10 +141,7 @@ class SequentialDataset(RecBoleSequentialDataset):
         mask = torch.from_numpy(valid)
         while mask.dim() < out.dim():
             mask = mask.unsqueeze(-1)
-        out = out * mask.to(out.dtype) if out.dtype.is_floating_point else out.masked_fill(~mask, 0)
-        if not isinstance(list_len, int) and out.shape[2] != list_len[1]:
-            raise ValueError(f"field {field}: sequence width {out.shape[2]} != {list_len[1]}")
-        return out
+        return out.masked_fill(~mask, 0)
 
     def _window_rows(self, starts, train_ends):
         """One row per window; inputs x[s:e], targets x[s+1:e+1]; windows end-aligned."""
@@ -158,8 +155,8 @@ class SequentialDataset(RecBoleSequentialDataset):
         base = starts[user]
         lengths = e - s
         items = self.inter_feat[self.iid_field]
-        iid_list = self._gather(items, base + s, lengths, L, self.iid_field)
-        target_list = self._gather(items, base + s + 1, lengths, L, self.iid_field)
+        iid_list = self._gather(items, base + s, lengths, L)
+        target_list = self._gather(items, base + s + 1, lengths, L)
         last_target = base + e
         rows = Interaction({
             self.uid_field: self.inter_feat[self.uid_field][torch.from_numpy(last_target)],
