@@ -14,6 +14,16 @@ torch.set_num_threads(1)
 TINY = "tiny"
 
 
+class StubDataset:
+    """All a model's constructor needs from a dataset: the number of item ids."""
+
+    def __init__(self, n_items):
+        self.n_items = n_items
+
+    def num(self, field):
+        return self.n_items
+
+
 def write_tiny_dataset(root, n_users=30, n_items=60, seed=0):
     """Users of every length from 1 to 40 (incl. the 1-3 edge cases), with timestamp ties."""
     rng = np.random.default_rng(seed)

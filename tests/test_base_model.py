@@ -7,15 +7,7 @@ from recbole.data.interaction import Interaction
 from recbole_efficient import Config, EfficientSequentialRecommender, get_model
 from recbole_efficient.data.dataset import target_list_field
 
-from conftest import TINY
-
-
-class StubDataset:
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
+from conftest import TINY, StubDataset
 
 
 def make_model(tiny, name="SoftmaxSASRec", **overrides):

@@ -10,12 +10,9 @@ import torch.nn.functional as F
 from recbole_efficient import Config, get_model, get_trainer
 from recbole_efficient.model.layers import LRULayer
 
+from conftest import StubDataset
+
 N_ITEMS = 50
-
-
-class StubDataset:
-    def num(self, field):
-        return N_ITEMS
 
 
 def make_model(seed=0, **overrides):
@@ -23,7 +20,7 @@ def make_model(seed=0, **overrides):
     cfg.update(overrides)
     config = Config(model="LRURec", dataset="ml-100k", config_dict=cfg, read_cmd_line=False)
     torch.manual_seed(seed)
-    return get_model("LRURec")(config, StubDataset()).eval()
+    return get_model("LRURec")(config, StubDataset(N_ITEMS)).eval()
 
 
 def trained_like(model):

@@ -7,7 +7,7 @@ import torch
 import recbole_efficient
 from recbole_efficient import load_data_and_model, run_recbole_efficient
 
-from conftest import TINY
+from conftest import TINY, StubDataset
 
 
 def test_softmax_reference_trains_and_reloads(tiny):
@@ -79,12 +79,7 @@ def test_plain_recbole_config_without_our_yaml(tiny):
     for key in ("hidden_size", "inner_size", "n_layers", "n_heads"):
         overrides.pop(key)
     config = RecBoleConfig(model=SoftmaxSASRec, dataset=TINY, config_dict=overrides)
-
-    class Stub:
-        def num(self, field):
-            return 10
-
-    model = SoftmaxSASRec(config, Stub())
+    model = SoftmaxSASRec(config, StubDataset(10))
     assert model.hidden_size == 64
 
 

@@ -64,15 +64,6 @@ class ComplexLinear(nn.Module):
         re, im = F.linear(xr, weight, bias).float().chunk(2, -1)
         return torch.complex(re, im)
 
-    def complex_weight(self):
-        return torch.complex(self.weight_real, self.weight_imag)
-
-    def complex_bias(self):
-        if self.bias_real is None:
-            return None
-        imag = self.bias_imag if self.bias_imag is not None else torch.zeros_like(self.bias_real)
-        return torch.complex(self.bias_real, imag)
-
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias_real is not None}, real_output={self.real_output}")

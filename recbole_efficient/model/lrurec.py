@@ -128,8 +128,7 @@ class LRURec(EfficientSequentialRecommender):
         states = []
         for block in self.blocks:
             x, h = block(x)
-            h_last = h.gather(1, last.view(-1, 1, 1).expand(-1, 1, h.size(-1))).squeeze(1)
-            states.append(h_last.masked_fill(empty, 0))
+            states.append(self.gather_indexes(h, last).masked_fill(empty, 0))
         return states
 
     @torch.no_grad()
