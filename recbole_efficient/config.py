@@ -6,6 +6,7 @@ import recbole
 from recbole.config import Config as RecBoleConfig
 
 from recbole_efficient import compat
+from recbole_efficient.validation import COMMON_SPEC, Choice, Rule, validate
 
 TRAIN_MODES = ("augmented", "all_positions")
 
@@ -32,7 +33,6 @@ class Config(RecBoleConfig):
         self._read_cmd_line = read_cmd_line
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
-        self._check_efficient_settings()
 
     def compatibility_settings(self):
         compat.install_numpy_aliases()
@@ -69,34 +69,51 @@ class Config(RecBoleConfig):
             if file.is_file():
                 self._update_internal_config_dict(str(file))
 
-    def _check_efficient_settings(self):
-        """Reject bad combinations before any data is loaded or any training starts."""
-        mode = self.final_config_dict.get("train_mode") or "augmented"
-        if mode not in TRAIN_MODES:
-            raise ValueError(
-                f"train_mode={mode!r} is not known; use one of {list(TRAIN_MODES)} "
-                "(e.g. --train_mode=all_positions)."
-            )
-        self.final_config_dict["train_mode"] = mode
-        if mode == "all_positions":
-            from recbole_efficient.model.base import EfficientSequentialRecommender
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        # Right after the merge: before RecBole sets up devices or samplers, and before any data.
+        self.final_config_dict["train_mode"] = self.final_config_dict.get("train_mode") or "augmented"
+        validate(self.final_config_dict, self.model_class, extra_spec=FRAMEWORK_SPEC,
+                 defaults=self.internal_config_dict)
 
-            if not (isinstance(self.model_class, type)
-                    and issubclass(self.model_class, EfficientSequentialRecommender)):
-                raise ValueError(
-                    f"train_mode=all_positions needs a model built on recbole_efficient's base; "
-                    f"{self.model} trains only in RecBole's augmented mode. Use --train_mode=augmented."
-                )
-            if not self.model_class.causal:
-                raise ValueError(
-                    f"train_mode=all_positions needs a causal encoder, but {self.model} sees future "
-                    "items at every position (the loss would leak targets). Use --train_mode=augmented."
-                )
-            split = (self.final_config_dict.get("eval_args") or {}).get("split") or {}
-            if "LS" not in split:
-                raise ValueError(
-                    f"train_mode=all_positions supports the leave-one-out split only "
-                    f"(eval_args.split: {{LS: valid_and_test}}), got {split}."
-                )
-        if not isinstance(self.final_config_dict.get("exclude_history", False), bool):
-            raise ValueError("exclude_history must be True or False.")
+
+def _is_efficient(model_class):
+    from recbole_efficient.model.base import EfficientSequentialRecommender
+
+    return isinstance(model_class, type) and issubclass(model_class, EfficientSequentialRecommender)
+
+
+def supported_train_modes(model_class, cfg):
+    """Training modes ``model_class`` can use with this config (RecBole's models: augmented)."""
+    return model_class.train_modes(cfg) if _is_efficient(model_class) else ("augmented",)
+
+
+def _train_mode_message(cfg, model_class):
+    mode, name = cfg["train_mode"], cfg["model"]
+    modes = supported_train_modes(model_class, cfg)
+    if mode == "all_positions" and not _is_efficient(model_class):
+        why = (f"train_mode=all_positions needs a model built on recbole_efficient's base; "
+               f"{name} trains only in RecBole's augmented mode")
+    elif mode == "all_positions" and not model_class.is_causal(cfg):
+        why = (f"train_mode=all_positions needs a causal encoder, but {name} with this config "
+               "sees future items at every position (the loss would leak targets)")
+    else:
+        why = f"{name} does not train in train_mode={mode}"
+    return f"{why}. Use " + " or ".join(f"--train_mode={m}" for m in modes) + "."
+
+
+def _split_is_leave_one_out(cfg, model_class):
+    split = (cfg.get("eval_args") or {}).get("split") or {}
+    return cfg["train_mode"] == "augmented" or "LS" in split
+
+
+#: Checked for every model, RecBole's included, on top of each model's ``config_spec``.
+FRAMEWORK_SPEC = COMMON_SPEC + (
+    Choice("train_mode", TRAIN_MODES),
+    Rule(("train_mode", "model"),
+         lambda c, m: c["train_mode"] in supported_train_modes(m, c), _train_mode_message),
+    Rule(("train_mode", "eval_args"), _split_is_leave_one_out,
+         lambda c, m: (f"train_mode={c['train_mode']} supports the leave-one-out split only "
+                       f"(eval_args.split: {{LS: valid_and_test}}), got "
+                       f"{(c.get('eval_args') or {}).get('split')}.")),
+)

@@ -114,3 +114,28 @@ def test_exclude_history_masks_input_items(tiny):
     config["exclude_history"] = False
     _, scores, _, _ = trainer._full_sort_batch_eval((inter, None, torch.tensor([0, 1]), torch.tensor([9, 4])))
     assert torch.isfinite(scores[0, [3, 7]]).all()
+
+
+def test_streaming_protocol_refusals(tiny):
+    """A model without a fixed-size causal state says so; streaming needs eval mode."""
+    _, model = make_model(tiny)
+    assert not model.supports_streaming()
+    with pytest.raises(NotImplementedError, match="full_sort_predict"):
+        model.init_state(2)
+    _, lru = make_model(tiny, name="LRURec")
+    assert lru.supports_streaming() and lru.stream_limit() is None
+    lru.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        lru.init_state(2)
+
+
+def test_stream_limit_refuses_positions_past_max_length(tiny):
+    _, lru = make_model(tiny, name="LRURec")
+    lru.stream_limit = lambda: 3  # as a model with learned positions up to 3 would
+    state = lru.init_state(1)
+    for item in (4, 5, 6):
+        _, state = lru.step(torch.tensor([item]), state)
+    with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=3"):
+        lru.step(torch.tensor([7]), state)
+    with pytest.raises(ValueError, match="build_state"):
+        lru.build_state(torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]))

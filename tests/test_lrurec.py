@@ -66,12 +66,13 @@ def test_step_scores_equal_full_forward_at_every_step(model):
     seq, lengths = right_padded([64, 64, 64], 64)
     full = all_logits(model, seq, lengths)
     state = model.init_state(3)
-    assert [tuple(h.shape) for h in state] == [(3, 32), (3, 32)]
-    assert all(h.dtype == torch.complex64 for h in state)
+    assert [tuple(h.shape) for h in state.layers] == [(3, 32), (3, 32)]
+    assert all(h.dtype == torch.complex64 for h in state.layers)
     for t in range(64):
         scores, state = model.step(seq[:, t], state)
         torch.testing.assert_close(scores, full[:, t], atol=2e-5, rtol=1e-5)
     assert scores.shape == (3, N_ITEMS)
+    assert state.length.tolist() == [64, 64, 64]
 
 
 def test_build_state_then_step_equals_full_forward_on_extended_history(model):
@@ -88,16 +89,17 @@ def test_build_state_then_step_equals_full_forward_on_extended_history(model):
     stepped = model.init_state(1)
     for t in range(17):
         _, stepped = model.step(seq[1:2, t], stepped)
-    for built, ref in zip(state, stepped):
+    for built, ref in zip(state.layers, stepped.layers):
         torch.testing.assert_close(built[1:2], ref, atol=1e-5, rtol=1e-5)
-    assert all(torch.equal(h[3], torch.zeros_like(h[3])) for h in state)  # empty history
+    assert all(torch.equal(h[3], torch.zeros_like(h[3])) for h in state.layers)  # empty history
+    assert state.length.tolist() == lengths  # no position limit: 300 > MAX_ITEM_LIST_LENGTH
 
 
 def test_step_does_not_modify_state_and_needs_eval_mode(model):
     state = model.init_state(2)
     _, new = model.step(torch.tensor([3, 4]), state)
-    assert all(torch.count_nonzero(h) == 0 for h in state)
-    assert all(torch.count_nonzero(h) > 0 for h in new)
+    assert all(torch.count_nonzero(h) == 0 for h in state.layers)
+    assert all(torch.count_nonzero(h) > 0 for h in new.layers)
     model.train()
     with pytest.raises(RuntimeError, match="eval"):
         model.step(torch.tensor([3, 4]), state)

@@ -2,9 +2,12 @@
 
 A subclass implements :meth:`encode` (hidden states for every position) and says whether
 that encoder is causal; the base supplies RecBole's ``calculate_loss`` / ``predict`` /
-``full_sort_predict`` for both training modes and both losses.
+``full_sort_predict`` for both training modes and both losses, and one streaming-inference
+protocol (:meth:`~EfficientSequentialRecommender.init_state`, ``build_state``, ``step``) that
+models with a fixed-size causal state implement through three hooks.
 """
 
+from dataclasses import dataclass
 from logging import getLogger
 
 import torch
@@ -14,6 +17,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_efficient.data.dataset import target_list_field
+from recbole_efficient.validation import EFFICIENT_SPEC
 
 
 def _yaml_loader():
@@ -35,11 +39,35 @@ def model_defaults(model_class):
     return merged
 
 
+@dataclass
+class StreamState:
+    """Streaming-inference state of a batch of users.
+
+    ``layers``: one model-specific entry per layer (a tensor or a tuple of tensors) whose size
+    does not depend on the history length; ``length [B]``: items consumed so far per row.
+    """
+
+    layers: list
+    length: torch.Tensor
+
+
 class EfficientSequentialRecommender(SequentialRecommender):
     """RecBole ``SequentialRecommender`` trained on all positions or on the last one."""
 
-    #: True when the output at position t depends only on items 0..t.
+    #: True when the output at position t depends only on items 0..t (see :meth:`is_causal`).
     causal = True
+    #: Keys this model reads, checked at start-up (``recbole_efficient.validation``).
+    config_spec = EFFICIENT_SPEC
+
+    @classmethod
+    def is_causal(cls, config):
+        """Whether the encoder built from ``config`` is causal (override when a key decides)."""
+        return cls.causal
+
+    @classmethod
+    def train_modes(cls, config):
+        """Training modes this model supports with ``config``."""
+        return ("augmented", "all_positions") if cls.is_causal(config) else ("augmented",)
 
     def __init__(self, config, dataset):
         # Plain RecBole Config (no recbole_efficient.Config) does not know our yaml files.
@@ -51,6 +79,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
         if self.loss_type not in ("CE", "BPR"):
             raise NotImplementedError(f"loss_type must be 'CE' or 'BPR', got {self.loss_type!r}.")
         self.train_mode = config["train_mode"] or "augmented"
+        self.causal = type(self).is_causal(config)
         self.TARGET_SEQ = target_list_field(config)
         self.bpr_loss = BPRLoss()
         self._warned_fallback = False
@@ -64,9 +93,16 @@ class EfficientSequentialRecommender(SequentialRecommender):
         """Item output matrix ``[n_items, d]`` and optional bias ``[n_items]``."""
         return self.item_embedding.weight, None
 
+    def encode_last(self, item_seq, item_seq_len):
+        """Hidden state ``[B, d]`` at each row's last real position.
+
+        Override where the last layer's position-wise work can be skipped elsewhere.
+        """
+        return self.gather_indexes(self.encode(item_seq, item_seq_len), item_seq_len - 1)
+
     # -- shared ---------------------------------------------------------------------------
     def forward(self, item_seq, item_seq_len):
-        return self.gather_indexes(self.encode(item_seq, item_seq_len), item_seq_len - 1)
+        return self.encode_last(item_seq, item_seq_len)
 
     def logits(self, hidden):
         weight, bias = self.output_embedding()
@@ -116,3 +152,83 @@ class EfficientSequentialRecommender(SequentialRecommender):
     def full_sort_predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return self.logits(seq_output)
+
+    # -- streaming inference ------------------------------------------------------------
+    # A model streams when its causal encoder keeps a fixed-size state per layer. It
+    # implements ``_stream_init``, ``_stream_build`` and ``_stream_step``; the base checks
+    # the mode and the position limit, turns off autograd and scores the items.
+
+    def supports_streaming(self):
+        """True when :meth:`step` is available for this model and config."""
+        return type(self)._stream_step is not EfficientSequentialRecommender._stream_step \
+            and self.causal
+
+    def stream_limit(self):
+        """Most items a streamed history may hold (``None``: unbounded).
+
+        Models with learned absolute positions return ``max_seq_length``: positions past it
+        were never trained, so :meth:`step` refuses to go beyond it.
+        """
+        return None
+
+    def _check_streaming(self):
+        if not self.supports_streaming():
+            raise NotImplementedError(
+                f"{type(self).__name__} has no streaming inference with this config (it needs a "
+                "causal encoder with a fixed-size state); score with full_sort_predict instead.")
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} streaming inference runs in eval mode only "
+                               "(dropout off): call model.eval() first.")
+
+    def _check_limit(self, length):
+        limit = self.stream_limit()
+        if limit is not None and length.numel() and int(length.max()) > limit:
+            raise ValueError(
+                f"{type(self).__name__} streams at most MAX_ITEM_LIST_LENGTH={limit} items per "
+                f"history (its learned positions end there), got {int(length.max())}. Rebuild the "
+                f"state from the most recent items with build_state(item_seq[:, -{limit - 1}:], ...) "
+                "or train with a larger MAX_ITEM_LIST_LENGTH.")
+
+    def init_state(self, batch_size):
+        """State of ``batch_size`` empty histories."""
+        self._check_streaming()
+        device = self.item_embedding.weight.device
+        return StreamState(self._stream_init(batch_size),
+                           torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    @torch.no_grad()
+    def build_state(self, item_seq, item_seq_len):
+        """State after the last real item of each right-padded row, in one parallel pass.
+
+        ``item_seq [B, L]``, ``item_seq_len [B]`` (0 gives the empty state). Eval mode only.
+        """
+        self._check_streaming()
+        self._check_limit(item_seq_len)
+        return StreamState(self._stream_build(item_seq, item_seq_len), item_seq_len.clone())
+
+    @torch.no_grad()
+    def step(self, item_ids, state):
+        """Append one item per row and score every item.
+
+        ``item_ids [B]``, ``state`` from :meth:`init_state`, :meth:`build_state` or a previous
+        ``step`` -> ``(scores [B, n_items], new_state)``, equal to ``full_sort_predict`` on the
+        whole history. The cost does not depend on the history length; ``state`` is not
+        modified. Eval mode only.
+        """
+        self._check_streaming()
+        length = state.length + 1
+        self._check_limit(length)
+        hidden, layers = self._stream_step(item_ids, state.length, state.layers)
+        return self.logits(hidden), StreamState(layers, length)
+
+    def _stream_init(self, batch_size):
+        """Per-layer states of empty histories."""
+        raise NotImplementedError
+
+    def _stream_build(self, item_seq, item_seq_len):
+        """Per-layer states after each row's last real item (rows of length 0: empty)."""
+        raise NotImplementedError
+
+    def _stream_step(self, item_ids, positions, layers):
+        """``item_ids [B]`` at 0-based ``positions [B]`` -> ``(hidden [B, d], new layers)``."""
+        raise NotImplementedError

@@ -4,7 +4,8 @@ Item embedding (no positions) -> Dropout -> LayerNorm, then ``n_layers`` blocks 
 [LRU layer (complex diagonal linear recurrence, state size 2d) + point-wise feed-forward],
 scored against the item embeddings plus a per-item bias. Training runs the recurrence as a
 log-depth parallel scan; inference can also advance one item at a time with a fixed-size
-state per layer (:meth:`LRURec.step`), at a cost that does not grow with the history length.
+state per layer (the base's streaming protocol: ``init_state``/``build_state``/``step``), at a
+cost that does not grow with the history length.
 
 Architecture and initialisation follow the official code (github.com/yueqirex/LRURec):
 dropout before the embedding LayerNorm, no outer GELU in the feed-forward, complex biases
@@ -17,10 +18,21 @@ from torch import nn
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.model.layers import LRUBlock, LRULayer
+from recbole_efficient.validation import Bool, Float, Prob, Rule
 
 
 class LRURec(EfficientSequentialRecommender):
     causal = True
+    config_spec = (
+        Prob("lru_dropout_prob"),
+        Float("r_min", 0, 1, low_open=True, high_open=True),
+        Float("r_max", 0, 1, low_open=True, high_open=True),
+        Float("max_phase", 0, low_open=True),
+        Bool("lru_params_weight_decay"),
+        Rule(("r_min", "r_max"), lambda c, m: c["r_min"] < c["r_max"],
+             "r_min={r_min} must be below r_max={r_max} (|lambda| is drawn from the ring "
+             "[r_min, r_max]); e.g. --r_min=0.8 --r_max=0.99."),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -102,26 +114,14 @@ class LRURec(EfficientSequentialRecommender):
     def output_embedding(self):
         return self.item_embedding.weight, self.output_bias
 
-    # -- incremental inference ----------------------------------------------------------
-    def _check_eval(self):
-        if self.training:
-            raise RuntimeError("LRURec incremental inference runs in eval mode only (dropout "
-                               "off): call model.eval() first.")
-
-    def init_state(self, batch_size):
-        """Empty history: one zero complex state ``[batch_size, 2 * hidden_size]`` per layer."""
+    # -- streaming inference (protocol on the base) ---------------------------------------
+    # State: one complex [B, 2 * hidden_size] vector per layer; no positions, so no limit.
+    def _stream_init(self, batch_size):
         device = self.item_embedding.weight.device
         return [torch.zeros(batch_size, block.lru.state_size, dtype=torch.complex64, device=device)
                 for block in self.blocks]
 
-    @torch.no_grad()
-    def build_state(self, item_seq, item_seq_len):
-        """State after the last real item of each right-padded row, in one parallel pass.
-
-        ``item_seq [B, L]``, ``item_seq_len [B]`` (0 gives the empty state) -> list of
-        ``[B, 2 * hidden_size]`` complex tensors, one per layer. Eval mode only.
-        """
-        self._check_eval()
+    def _stream_build(self, item_seq, item_seq_len):
         last = (item_seq_len - 1).clamp_min(0)
         empty = (item_seq_len == 0)[:, None]
         x = self.embed(item_seq)
@@ -131,23 +131,13 @@ class LRURec(EfficientSequentialRecommender):
             states.append(self.gather_indexes(h, last).masked_fill(empty, 0))
         return states
 
-    @torch.no_grad()
-    def step(self, item_ids, state):
-        """Append one item per row and score every item.
-
-        ``item_ids [B]``, ``state`` from :meth:`init_state`, :meth:`build_state` or a previous
-        ``step`` -> ``(scores [B, n_items], new_state)``. Costs O(n_layers * d^2) for the
-        recurrence plus O(n_items * d) for the scores, independent of the history length.
-        The scores equal ``full_sort_predict`` on the whole history. Eval mode only; the
-        given ``state`` is not modified.
-        """
-        self._check_eval()
+    def _stream_step(self, item_ids, positions, layers):
         x = self.embed(item_ids)
-        new_state = []
-        for block, h_prev in zip(self.blocks, state):
+        new_layers = []
+        for block, h_prev in zip(self.blocks, layers):
             x, h = block.step(x, h_prev)
-            new_state.append(h)
-        return self.logits(x), new_state
+            new_layers.append(h)
+        return x, new_layers
 
     def extra_repr(self):
         return f"lru_params_weight_decay={self.lru_params_weight_decay}"

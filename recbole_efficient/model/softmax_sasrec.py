@@ -10,10 +10,12 @@ from torch import nn
 from recbole.model.layers import TransformerEncoder
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.validation import TRANSFORMER_SPEC
 
 
 class SoftmaxSASRec(EfficientSequentialRecommender):
     causal = True
+    config_spec = TRANSFORMER_SPEC
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
