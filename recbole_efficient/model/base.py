@@ -100,6 +100,14 @@ class EfficientSequentialRecommender(SequentialRecommender):
         """
         return self.gather_indexes(self.encode(item_seq, item_seq_len), item_seq_len - 1)
 
+    def drop_sequence_mixer(self):
+        """Replace the sequence mixer (attention, recurrence, ...) by the identity, in place.
+
+        What remains (embeddings, feed-forward blocks, norms, output layer) is the *floor*
+        the efficiency benchmark divides every model's cost by. Returns ``self``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement drop_sequence_mixer")
+
     # -- shared ---------------------------------------------------------------------------
     def forward(self, item_seq, item_seq_len):
         return self.encode_last(item_seq, item_seq_len)
