@@ -1,5 +1,6 @@
 """RecBole's quick-start entry points, resolving models through recbole_efficient."""
 
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -9,17 +10,32 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_efficient.checkpoint import load_checkpoint
+from recbole_efficient.checkpoint import load_checkpoint, resume_file
 from recbole_efficient.config import Config
 from recbole_efficient.data import create_dataset
 from recbole_efficient.utils import get_model, get_trainer
 
 
 def run_recbole_efficient(model=None, dataset=None, config_file_list=None, config_dict=None,
-                          saved=True, queue=None, read_cmd_line=True):
-    """Train, validate and test one model; returns RecBole's result dict."""
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                    config_dict=config_dict, read_cmd_line=read_cmd_line)
+                          saved=True, queue=None, read_cmd_line=True, resume=None):
+    """Train, validate and test one model; returns RecBole's result dict.
+
+    ``resume``: a checkpoint or run folder of an interrupted run; the run continues with its
+    saved settings (``config_dict`` and ``--key=value`` override them, e.g. more epochs) and
+    ends with the metrics the uninterrupted run would have had. Ctrl-C raises
+    :class:`~recbole_efficient.trainer.TrainingInterrupted` after the latest state is saved. A
+    NaN/inf loss stops training; the result's ``fault`` says why and its test metrics are those
+    of the best checkpoint so far (``None`` when there is none).
+    """
+    if resume:
+        resume = resume_file(resume)
+        config = config_from_checkpoint(
+            load_checkpoint(resume, trust_checkpoint=bool((config_dict or {}).get("trust_checkpoint"))),
+            config_dict, model=model, dataset=dataset, config_file_list=config_file_list,
+            read_cmd_line=read_cmd_line)
+    else:
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                        config_dict=config_dict, read_cmd_line=read_cmd_line)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -43,10 +59,14 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         logger.info(set_color("FLOPs", "blue") + f": not counted ({err.__class__.__name__})")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume:
+        trainer.resume_checkpoint(resume)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
-    test_result = trainer.evaluate(test_data, load_best_model=saved,
-                                   show_progress=config["show_progress"])
+    test_result = None
+    if not trainer.fault or (saved and os.path.isfile(trainer.saved_model_file)):
+        test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                       show_progress=config["show_progress"])
 
     logger.info("The running environment of this training is as follows:\n"
                 + get_environment(config).draw())
@@ -59,6 +79,8 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "train_epoch_seconds": list(trainer.epoch_seconds),
+        "train_losses": [trainer.train_loss_dict[e] for e in sorted(trainer.train_loss_dict)],
+        "fault": trainer.fault,
     }
     if not config["single_spec"]:
         dist.destroy_process_group()
@@ -76,11 +98,11 @@ def _run_rank(rank, *args):
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
-        world_size=-1, ip="localhost", port="5678", group_offset=0):
+        world_size=-1, ip="localhost", port="5678", group_offset=0, resume=None):
     """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers."""
     if nproc == 1 and world_size <= 0:
         return run_recbole_efficient(model=model, dataset=dataset, config_file_list=config_file_list,
-                                     config_dict=config_dict, saved=saved)
+                                     config_dict=config_dict, saved=saved, resume=resume)
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
@@ -88,18 +110,32 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
     config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=port, nproc=nproc,
                        offset=group_offset)
     mp.spawn(_run_rank, args=(model, dataset, config_file_list,
-                              {"config_dict": config_dict, "queue": queue}),
+                              {"config_dict": config_dict, "queue": queue, "resume": resume}),
              nprocs=nproc, join=True)
     return None if queue.empty() else queue.get()
 
 
-def config_from_checkpoint(checkpoint, config_dict=None):
-    """Rebuild the training Config from a checkpoint's plain-data config."""
+#: Inputs that describe the processes of a run, not the run itself (set again by ``run``).
+_PROCESS_KEYS = ("local_rank", "world_size", "nproc", "ip", "port", "offset")
+
+
+def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=None,
+                           config_file_list=None, read_cmd_line=False):
+    """Rebuild the training Config from a checkpoint's plain-data config.
+
+    ``config_dict`` (and the command line when ``read_cmd_line``) override the saved inputs;
+    ``model``/``dataset``, when given, must match the checkpoint's.
+    """
     saved = checkpoint["config"]
     if isinstance(saved, dict):
-        inputs = dict(saved["inputs"], **(config_dict or {}))
+        for key, given in (("model", model), ("dataset", dataset)):
+            if given is not None and given != saved[key]:
+                raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
+                                 f"{given}: drop --{key} when resuming, or give another checkpoint.")
+        inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
+        inputs.update(config_dict or {})
         return Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
-                      read_cmd_line=False)
+                      config_file_list=config_file_list, read_cmd_line=read_cmd_line)
     # A trusted RecBole-format checkpoint holds the Config object itself.
     for key, value in (config_dict or {}).items():
         saved[key] = value

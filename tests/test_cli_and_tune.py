@@ -24,7 +24,7 @@ def test_cli_end_to_end_on_small_slice(tiny):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "best_valid_result: " in out.stdout and "test_result: " in out.stdout
     assert "ndcg@10=" in out.stdout
-    assert list((root / "saved").glob("SoftmaxSASRec-*.pth"))
+    assert list((root / "saved").glob("SoftmaxSASRec-*/best.pth"))
 
 
 def test_cli_unknown_model_lists_models(tmp_path):
