@@ -2,6 +2,8 @@
 numerical-fault stops and ``exclude_history``."""
 
 import importlib
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +76,7 @@ class EfficientTrainerMixin:
         self._generator = None  # the training loader's shuffling generator
         self._done_epoch = None
         self._validated = (None, None)  # (epoch, valid_result) of the last validation
+        self._stop_requested = False    # set by the first Ctrl-C
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
@@ -92,21 +95,46 @@ class EfficientTrainerMixin:
         self._fit_started = time.time() - self._elapsed_before
         self._epoch = self._done_epoch = None
         self.fault = None
+        restore_sigint = self._catch_sigint()
         try:
-            result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
-                                 show_progress=show_progress, callback_fn=callback_fn)
-        except _BudgetExhausted:
-            self.logger.info(set_color("train_time_budget", "yellow")
-                             + f" of {self.config['train_time_budget']}s spent; stopping.")
-            result = self.best_valid_score, self.best_valid_result
+            try:
+                result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                                     show_progress=show_progress, callback_fn=callback_fn)
+            except _BudgetExhausted:
+                self.logger.info(set_color("train_time_budget", "yellow")
+                                 + f" of {self.config['train_time_budget']}s spent; stopping.")
+                result = self.best_valid_score, self.best_valid_result
+            self._epoch_done(self._epoch, final=True)
+            return result
         except NonFiniteLoss as err:
             self.fault = str(err)
             self.logger.error(self.fault)
             return self.best_valid_score, self.best_valid_result
         except KeyboardInterrupt:
             raise self._interrupted() from None
-        self._epoch_done(self._epoch, final=True)
-        return result
+        finally:
+            restore_sigint()
+
+    def _catch_sigint(self):
+        """First Ctrl-C: stop at the next batch or epoch boundary (after saving the epoch that
+        is being validated); a second one stops at once. Returns what restores the handler."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # signals reach the main thread only (not inside a Ray trial)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.logger.warning("Ctrl-C: stopping at the next batch or after this validation "
+                                "(press Ctrl-C again to stop at once).")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+
+    def _stop_if_requested(self):
+        if self._stop_requested:
+            raise KeyboardInterrupt
 
     def _run_is_over(self):
         budget = self.config["train_time_budget"]
@@ -140,9 +168,11 @@ class EfficientTrainerMixin:
         valid_epoch, valid_result = self._validated
         for hook in self.epoch_end_hooks:
             hook(self, epoch, valid_result if valid_epoch == epoch else None, final)
+        self._stop_if_requested()
 
     def _check_nan(self, loss):
         # RecBole calls this once per batch, before the backward pass.
+        self._stop_if_requested()
         self._batch += 1
         if torch.isfinite(loss).all():
             return
@@ -159,14 +189,16 @@ class EfficientTrainerMixin:
 
     def _interrupted(self):
         epoch = self._done_epoch
+        when = (f"after epoch {epoch}" if epoch == self._epoch
+                else f"during epoch {self._epoch}")
         if not self._saved or epoch is None:
-            message = ("Training interrupted before any epoch was completed; nothing to resume "
+            message = (f"Training interrupted {when}; nothing was saved to resume from "
                        "(run the command again to start over).")
             run_dir = None
         else:
             run_dir = self.run_dir
-            message = (f"Training interrupted during epoch {self._epoch}. The state after epoch "
-                       f"{epoch} is saved in {run_dir}; resume with: {resume_command(run_dir)}")
+            message = (f"Training interrupted {when}. The state after epoch {epoch} is saved in "
+                       f"{run_dir}; resume with: {resume_command(run_dir)}")
         self.logger.warning(message)
         return TrainingInterrupted(message, run_dir, epoch)
 
