@@ -41,24 +41,7 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(model)
-    try:
-        # Eval rows carry every prefix field in both training modes (all_positions' full
-        # dataset holds raw interactions only).
-        flops_data = valid_data._dataset if valid_data else dataset
-        flops = get_flops(model, flops_data, config["device"], logger, construct_transform(config))
-        logger.info(set_color("FLOPs", "blue") + f": {flops}")
-    except Exception as err:  # FLOPs are informative only; thop cannot trace every model
-        logger.info(set_color("FLOPs", "blue") + f": not counted ({err.__class__.__name__})")
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, (train_data, valid_data, test_data), trainer = prepare_run(config)
     if resume:
         trainer.resume_checkpoint(resume)
     best_valid_score, best_valid_result = trainer.fit(
@@ -87,6 +70,34 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def prepare_run(config, dataset=None):
+    """What one run needs, seeded as RecBole's ``run_recbole`` seeds it: the dataset (built
+    unless given), its three dataloaders, the model (FLOPs logged) inside a trainer.
+
+    Returns ``(dataset, (train_data, valid_data, test_data), trainer)``. The command line,
+    Ray Tune trials and ``objective_function`` all start here.
+    """
+    logger = getLogger()
+    if dataset is None:
+        dataset = create_dataset(config)
+        logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    try:
+        # Eval rows carry every prefix field in both training modes (all_positions' full
+        # dataset holds raw interactions only).
+        flops_data = valid_data._dataset if valid_data else dataset
+        flops = get_flops(model, flops_data, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    except Exception as err:  # FLOPs are informative only; thop cannot trace every model
+        logger.info(set_color("FLOPs", "blue") + f": not counted ({err.__class__.__name__})")
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, (train_data, valid_data, test_data), trainer
 
 
 def _run_rank(rank, *args):
@@ -167,18 +178,15 @@ def load_data_and_model(model_file, trust_checkpoint=False, config_dict=None):
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
-    """Objective for RecBole's ``HyperTuning`` and Ray Tune, resolving our models."""
+    """Objective for RecBole's ``HyperTuning``, resolving our models (Ray Tune sweeps:
+    :func:`recbole_efficient.tune.tune_model`)."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list,
                     read_cmd_line=False)
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     for hdlr in logger.handlers[:]:  # RecBole's objective silences per-trial logging too
         logger.removeHandler(hdlr)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, (train_data, valid_data, test_data), trainer = prepare_run(config)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False,
                                                       saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)

@@ -75,7 +75,7 @@ class EfficientTrainerMixin:
         self._epoch_batches = 0
         self._generator = None  # the training loader's shuffling generator
         self._done_epoch = None
-        self._validated = (None, None)  # (epoch, valid_result) of the last validation
+        self.last_validation = (None, None)  # (epoch, valid_result) of the latest validation
         self._stop_requested = False    # set by the first Ctrl-C
 
     # -- fit -------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class EfficientTrainerMixin:
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self._validated = (self._epoch, valid_result)
+        self.last_validation = (self._epoch, valid_result)
         return valid_score, valid_result
 
     def _epoch_done(self, epoch, final=False):
@@ -165,7 +165,7 @@ class EfficientTrainerMixin:
         self._done_epoch = epoch
         if self._saved:
             self._write_state(self.run_dir / LATEST, epoch)
-        valid_epoch, valid_result = self._validated
+        valid_epoch, valid_result = self.last_validation
         for hook in self.epoch_end_hooks:
             hook(self, epoch, valid_result if valid_epoch == epoch else None, final)
         self._stop_if_requested()
