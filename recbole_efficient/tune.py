@@ -291,10 +291,11 @@ def _trial(params, model, dataset_name, dataset, fixed, config_files):
         if valid_result is None and not final:
             return
         valid_result = valid_result or trainer.last_validation[1] or {}
+        # This epoch's validation (what ASHA compares) and the best epoch's (what selects).
         metrics = {k: float(v) for k, v in valid_result.items()}
-        metrics.update(epoch=epoch, epochs_done=epoch + 1,
-                       best_valid_score=float(trainer.best_valid_score),
-                       best_epoch=trainer.best_epoch, trial_finished=final,
+        metrics.update({f"best_{k}": float(v) for k, v in (trainer.best_valid_result or {}).items()})
+        metrics.update(epoch=epoch, epochs_done=epoch + 1, best_epoch=trainer.best_epoch,
+                       trial_finished=final,
                        seed=config["seed"], gpu_ids=config["gpu_id"],
                        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(trainer.run_dir)))
@@ -593,14 +594,14 @@ def _summarise(results, space, config, metric, mode, repeats, experiment_dir, fi
             "trial": m.get("trial_id") or Path(result.path).name,
             **{k: _cell(result.config.get(k)) for k in space},
             "seed": m.get("seed", result.config.get("seed", fixed["seed"])),
-            f"best_{metric}": m.get("best_valid_score"),
+            f"best_{metric}": m.get(f"best_{metric}"),
             "best_epoch": m.get("best_epoch"),
             "epochs": m.get("epochs_done", 0),
             "stopped_early": bool(m) and result.error is None and not m.get("trial_finished"),
             "status": "error" if result.error else ("ok" if m else "not run"),
             "error": str(result.error).strip().splitlines()[-1][:200] if result.error else "",
             "checkpoint": str(Path(ckpt.path) / "best.pth") if ckpt else "",
-            "_valid": {k: v for k, v in m.items() if k in _metric_names(config)},
+            "_valid": {k: m[f"best_{k}"] for k in _metric_names(config) if f"best_{k}" in m},
         })
     best_col = f"best_{metric}"
     table = pd.DataFrame(rows)

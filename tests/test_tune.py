@@ -136,7 +136,7 @@ def test_killed_trial_resumes_from_its_checkpoint(sweep):
     assert epochs == epochs[:2] + list(range(epochs[2], 4))
     assert killed[1][1] != killed[2][1]  # a new process took over
     twins = [trial.metrics for trial in result.results]
-    assert twins[0]["best_valid_score"] == twins[1]["best_valid_score"]
+    assert twins[0][f"best_{result.metric}"] == twins[1][f"best_{result.metric}"]
     weights = [torch.load(p, weights_only=True)["state_dict"] for p in result.table["checkpoint"]]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
