@@ -9,7 +9,7 @@ import pytest
 import torch
 from ray import tune
 
-from recbole_efficient import Config
+from recbole_efficient import Config, run_recbole_efficient
 from recbole_efficient.model import MODELS
 from recbole_efficient.tune import (Dim, check_space, default_space_file, evaluate_on_test,
                                     load_space, main, to_ray, tune_model)
@@ -99,7 +99,8 @@ def test_tiny_asha_sweep(sweep):
 
 def test_failing_trial_does_not_stop_the_sweep(sweep):
     """n_heads=3 does not divide hidden_size=16: that trial raises, the other carries on and is
-    the best. (Retries are tested with a killed trial below.)"""
+    the best. (Retries are tested with a killed trial below.) The best config, trained from the
+    command line's code path, gives the best trial's validation exactly: one training path."""
     result = sweep("SoftmaxSASRec", "n_heads grid [1,3]\n", suffix=".test", max_failures=0,
                    fixed={"epochs": 2})
     table = result.table
@@ -107,6 +108,10 @@ def test_failing_trial_does_not_stop_the_sweep(sweep):
     assert "not divisible" in table.iloc[1]["error"]
     assert result.best_params == {"n_heads": 1, "seed": 2020}
     assert result.best_checkpoint == table.iloc[0]["checkpoint"]
+    again = run_recbole_efficient("SoftmaxSASRec", TINY, read_cmd_line=False,
+                                  config_file_list=[result.best_config_file])
+    assert again["best_valid_score"] == table.iloc[0][f"best_{result.metric}"]
+    assert {k: float(v) for k, v in again["best_valid_result"].items()} == result.best_valid
 
 
 class _KillAtEpoch2(tune.Callback):
