@@ -83,16 +83,27 @@ class Config(RecBoleConfig):
         for key, meant in likely_typos(self.external_config_dict, known_keys()):
             getLogger().warning(f"Unknown config key '{key}': did you mean '{meant}'? "
                                 "Nothing reads it as spelled.")
-        if _samples_negatives_needlessly(cfg, self.model_class) \
-                and self.external_config_dict.get("train_neg_sample_args") is None:
-            # RecBole's default samples a negative per row, which CE refuses: the user did not
-            # ask for it (RecBole-GNN's sequential base yaml makes the same choice).
-            cfg["train_neg_sample_args"] = None
+        self._default_negative_sampling()
         validate(cfg, self.model_class, extra_spec=FRAMEWORK_SPEC, defaults=self.internal_config_dict)
         try:
             super()._set_default_parameters()
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
             raise ConfigError([str(err)]) from None
+
+    def _default_negative_sampling(self):
+        """Unless the user set ``train_neg_sample_args``, a sequential model samples what its
+        loss needs: nothing for CE (RecBole's default draws a negative per row, which CE
+        refuses; RecBole-GNN's sequential base yaml makes the same choice), RecBole's uniform
+        sampler for BPR in augmented mode (our model yamls set none, for CE)."""
+        cfg = self.final_config_dict
+        if "train_neg_sample_args" in self.external_config_dict \
+                or not _samples_by_loss_type(cfg, self.model_class):
+            return
+        if cfg.get("loss_type") == "CE":
+            cfg["train_neg_sample_args"] = None
+        elif cfg.get("loss_type") == "BPR" and cfg["train_mode"] == "augmented" \
+                and cfg.get("train_neg_sample_args") is None:
+            cfg["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
 
     def _init_device(self):
         if "local_rank" in self.final_config_dict:
@@ -131,20 +142,35 @@ def _split_is_leave_one_out(cfg, model_class):
     return cfg["train_mode"] == "augmented" or "LS" in split
 
 
-def _samples_negatives_needlessly(cfg, model_class):
-    """A sequential CE model with negative sampling configured (RecBole refuses it)."""
-    return (cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL and cfg.get("loss_type") == "CE"
-            and not hasattr(model_class, "input_type")
-            and cfg.get("train_neg_sample_args") is not None)
+def _samples_by_loss_type(cfg, model_class):
+    """Sequential models whose ``loss_type`` decides negative sampling (RecBole's rule)."""
+    return cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL and not hasattr(model_class, "input_type")
+
+
+def _negatives_match_loss(cfg, model_class):
+    if not _samples_by_loss_type(cfg, model_class):
+        return True
+    sampling = cfg.get("train_neg_sample_args") is not None
+    if cfg["loss_type"] == "CE":
+        return not sampling
+    return sampling or cfg["loss_type"] != "BPR" or cfg["train_mode"] != "augmented"
+
+
+def _negatives_message(cfg, model_class):
+    value = cfg["train_neg_sample_args"]
+    if cfg["loss_type"] == "CE":
+        return (f"train_neg_sample_args={value!r} must be None with loss_type=CE: CE scores "
+                "every item, so no negatives are drawn. Drop train_neg_sample_args, or use "
+                "--loss_type=BPR.")
+    return (f"train_neg_sample_args={value!r}: loss_type=BPR in train_mode=augmented needs a "
+            "negative item per row. Drop train_neg_sample_args (RecBole's uniform sampler), "
+            "or set e.g. --train_neg_sample_args=\"{'distribution': 'uniform', 'sample_num': 1}\".")
 
 
 #: Checked for every model, RecBole's included, on top of each model's ``config_spec``.
 FRAMEWORK_SPEC = COMMON_SPEC + distributed.DISTRIBUTED_SPEC + (
-    Rule(("loss_type", "train_neg_sample_args"),
-         lambda c, m: not _samples_negatives_needlessly(c, m),
-         lambda c, m: (f"train_neg_sample_args={c['train_neg_sample_args']!r} must be None with "
-                       "loss_type=CE: CE scores every item, so no negatives are drawn. Drop "
-                       "train_neg_sample_args, or use --loss_type=BPR.")),
+    Rule(("loss_type", "train_neg_sample_args", "train_mode"), _negatives_match_loss,
+         _negatives_message),
     Choice("train_mode", TRAIN_MODES),
     Rule(("train_mode", "model"),
          lambda c, m: c["train_mode"] in supported_train_modes(m, c), _train_mode_message),
