@@ -10,6 +10,7 @@ test-time hang of RecBole issue #1811. The helpers below keep RecBole's flow and
 """
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 
@@ -17,15 +18,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from recbole_efficient.validation import Int, Rule
+from recbole_efficient.validation import ConfigError, Int, Rule
 
-__all__ = ["DISTRIBUTED_SPEC", "uses_cuda", "init_process_group", "is_distributed",
+__all__ = ["DISTRIBUTED_SPEC", "uses_cuda", "check_devices", "init_process_group", "is_distributed",
            "is_rank_zero", "init_logger", "recbole_trainer_init", "wrap_model", "any_rank",
            "broadcast_model", "shard_evaluation", "average_metrics"]
 
 
 def _gpu_ids(cfg):
-    gpu_id = cfg.get("gpu_id")
+    gpu_id = cfg["gpu_id"]
     if isinstance(gpu_id, (tuple, list)):
         gpu_id = ",".join(map(str, gpu_id))
     return [g for g in ("" if gpu_id is None else str(gpu_id)).split(",") if g.strip()]
@@ -55,16 +56,28 @@ DISTRIBUTED_SPEC = (
          "group_offset={offset} + nproc={nproc} exceeds world_size={world_size}: the ranks of "
          "this machine would be {offset}..{offset}+{nproc}-1; set --world_size to the total "
          "number of processes, and --group_offset to the ranks started on earlier machines."),
-    Rule(("nproc", "gpu_id"), lambda c, m: not uses_cuda(c) or len(_gpu_ids(c)) >= c["nproc"],
-         lambda c, m: (f"nproc={c['nproc']} starts one process per GPU, but gpu_id="
-                       f"{c['gpu_id']!r} names {len(_gpu_ids(c))}; list one GPU per process "
-                       f"(e.g. --gpu_id={','.join(map(str, range(c['nproc'])))}), or pass "
-                       "--gpu_id='' to run the processes on CPU (gloo).")),
 )
+
+
+def check_devices(cfg):
+    """One GPU per process on a GPU machine (RecBole: a bare AssertionError).
+
+    Called once the config has made ``gpu_id`` the visible GPUs (asking whether CUDA is
+    available earlier would fix the visible set too soon).
+    """
+    if uses_cuda(cfg) and len(_gpu_ids(cfg)) < cfg["nproc"]:
+        raise ConfigError([
+            f"nproc={cfg['nproc']} starts one process per GPU, but gpu_id={cfg['gpu_id']!r} "
+            f"names {len(_gpu_ids(cfg))}; list one GPU per process (e.g. --gpu_id="
+            f"{','.join(map(str, range(cfg['nproc'])))}), or pass --gpu_id='' to run the "
+            "processes on CPU (gloo)."])
 
 
 def init_process_group(cfg):
     """What RecBole's ``Config._init_device`` does for one worker, on gloo when on CPU."""
+    cfg["gpu_id"] = ",".join(_gpu_ids(cfg))
+    os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
+    check_devices(cfg)
     cuda = uses_cuda(cfg)
     rank = cfg["local_rank"] + cfg["offset"]
     dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank,

@@ -105,6 +105,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
                        offset=group_offset)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
+    distributed.check_devices(config)
     if not config["allow_download"]:
         check_data_files(config)
     queue = mp.get_context("spawn").SimpleQueue()
