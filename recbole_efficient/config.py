@@ -80,9 +80,10 @@ class Config(RecBoleConfig):
         cfg = self.final_config_dict
         cfg["model"], cfg["dataset"] = self.model, self.dataset
         cfg["train_mode"] = cfg.get("train_mode") or "augmented"
-        for key, meant in likely_typos(self.external_config_dict, known_keys()):
-            getLogger().warning(f"Unknown config key '{key}': did you mean '{meant}'? "
-                                "Nothing reads it as spelled.")
+        if "local_rank" not in cfg:  # multi-process workers: run() has warned once already
+            for key, meant in likely_typos(self.external_config_dict, known_keys()):
+                getLogger().warning(f"Unknown config key '{key}': did you mean '{meant}'? "
+                                    "Nothing reads it as spelled.")
         self._default_negative_sampling()
         validate(cfg, self.model_class, extra_spec=FRAMEWORK_SPEC, defaults=self.internal_config_dict)
         try:
