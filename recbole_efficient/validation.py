@@ -42,7 +42,7 @@ def _is_real(value):
 class Key:
     """One config key: its type and allowed range or choices.
 
-    ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``dict``. ``low``/``high`` bound
+    ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``list`` or ``dict``. ``low``/``high`` bound
     numbers (``*_open`` excludes the bound), ``choices`` lists allowed strings (compared
     case-insensitively when ``nocase``), ``none_ok`` admits ``None``, ``example`` is a value
     shown in the fix when the model has no yaml default to suggest.
@@ -66,7 +66,7 @@ class Key:
             text = "one of " + ", ".join(map(str, self.choices))
         else:
             noun = {"int": "an integer", "float": "a number", "str": "a string",
-                    "dict": "a mapping"}[self.kind]
+                    "list": "a list", "dict": "a mapping"}[self.kind]
             lo = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
             hi = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
             if lo and hi and self.kind == "float":
@@ -89,6 +89,8 @@ class Key:
             ok = _is_real(value)
         elif self.kind == "str":
             ok = isinstance(value, str)
+        elif self.kind == "list":
+            ok = isinstance(value, (list, tuple))
         else:
             ok = isinstance(value, dict)
         if ok and self.choices:
@@ -247,6 +249,19 @@ COMMON_SPEC = (
     Key("eval_args", "dict"),
     Key("train_neg_sample_args", "dict", none_ok=True),
     Key("valid_metric", "str", example="NDCG@10"),
+    Int("metric_decimal_place", 0),
+    Int("worker", 0),
+    # Atomic files (read by recbole_efficient.data before RecBole loads them).
+    *(Key(name, "str", none_ok=True) for name in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD")),
+    *(Key(name, "str") for name in ("LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD", "NEG_PREFIX",
+                                    "field_separator", "seq_separator")),
+    Key("encoding", "str", none_ok=True),
+    Key("load_col", "dict", none_ok=True),
+    Key("benchmark_filename", "list", none_ok=True, example=["train", "valid", "test"]),
+    Choice("rm_dup_inter", ("first", "last"), none_ok=True),
+    Bool("normalize_all", none_ok=True),
+    Key("normalize_field", "list", none_ok=True),
+    Key("discretization", "dict", none_ok=True),
     Rule(("metrics",), lambda c, m: _metric_problem(c["metrics"]) is None,
          lambda c, m: _metric_problem(c["metrics"])),
     Rule(("topk",), lambda c, m: _topk(c["topk"]) is not None,

@@ -109,8 +109,11 @@ def test_sequential_ce_gets_no_negative_sampling_unless_set():
     ({"seed": "abc"}, "seed='abc' must be an integer >= 0"),
     ({"clip_grad_norm": 5}, "clip_grad_norm=5 must be a mapping"),
     ({"eval_args": "LS"}, "eval_args='LS' must be a mapping"),
+    ({"rm_dup_inter": "all"}, "rm_dup_inter='all' must be one of first, last (or None)"),
+    ({"benchmark_filename": "train"}, "benchmark_filename='train' must be a list (or None)"),
+    ({"TIME_FIELD": 3}, "TIME_FIELD=3 must be a string (or None)"),
 ])
-def test_recbole_evaluation_keys(overrides, words):
+def test_recbole_data_and_evaluation_keys(overrides, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("[", r"\[")):
         config(model="SASRec", **overrides)
 
