@@ -6,8 +6,10 @@
 import argparse
 import sys
 
+from torch.multiprocessing import ProcessExitedException
+
 import recbole_efficient
-from recbole_efficient.checkpoint import UnsafeCheckpointError
+from recbole_efficient.quick_start import USER_ERRORS
 
 
 def parse_args(argv=None):
@@ -32,9 +34,11 @@ def main(argv=None):
         result = recbole_efficient.run(
             args.model, args.dataset, config_file_list=config_files, nproc=args.nproc,
             world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
-    except (ValueError, KeyError, FileNotFoundError, UnsafeCheckpointError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ProcessExitedException as err:  # a worker already printed why
+        return err.exit_code
     if result is not None:
         for name in ("best_valid_result", "test_result"):
             metrics = result[name] or {}

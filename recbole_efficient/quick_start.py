@@ -9,9 +9,11 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_efficient.checkpoint import load_checkpoint
+from recbole_efficient import distributed
+from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint
 from recbole_efficient.config import Config
 from recbole_efficient.data import create_dataset
+from recbole_efficient.data.dataset import check_data_files
 from recbole_efficient.utils import get_model, get_trainer
 
 
@@ -20,8 +22,10 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     """Train, validate and test one model; returns RecBole's result dict."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, read_cmd_line=read_cmd_line)
+    if not config["allow_download"]:
+        check_data_files(config)  # before the log and its config dump
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    distributed.init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -67,26 +71,44 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     return result
 
 
+#: Errors that mean bad input, reported as one line (the CLI exits with status 2).
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeCheckpointError)
+
+
 def _run_rank(rank, *args):
     kwargs = args[-1]
     if not isinstance(kwargs, MutableMapping):
         raise ValueError(f"last argument must be a dict, got {type(kwargs)}")
     kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_efficient(*args[:3], **kwargs)
+    try:
+        run_recbole_efficient(*args[:3], **kwargs)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)  # torch.multiprocessing stops the other ranks
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
         world_size=-1, ip="localhost", port="5678", group_offset=0):
-    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers."""
+    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers.
+
+    With several processes, the configuration and the dataset files are checked here, once,
+    before any worker starts; a worker that stops on bad input exits with status 2 and
+    ``torch.multiprocessing.ProcessExitedException`` is raised here.
+    """
     if nproc == 1 and world_size <= 0:
         return run_recbole_efficient(model=model, dataset=dataset, config_file_list=config_file_list,
                                      config_dict=config_dict, saved=saved)
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
-    queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=port, nproc=nproc,
                        offset=group_offset)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict)
+    distributed.check_devices(config)
+    if not config["allow_download"]:
+        check_data_files(config)
+    queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_run_rank, args=(model, dataset, config_file_list,
                               {"config_dict": config_dict, "queue": queue}),
              nprocs=nproc, join=True)

@@ -8,6 +8,7 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
+from recbole_efficient import distributed
 from recbole_efficient.checkpoint import config_state, load_checkpoint, save_checkpoint
 
 
@@ -23,7 +24,12 @@ class EfficientTrainerMixin:
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if distributed.is_distributed(config):
+            with distributed.recbole_trainer_init(config):
+                super().__init__(config, model)
+            self.model, self.distributed_model = distributed.wrap_model(self.model, config)
+        else:
+            super().__init__(config, model)
         self.epoch_seconds = []  # training seconds of each epoch of the last fit
         self._fit_started = None
 
@@ -41,8 +47,9 @@ class EfficientTrainerMixin:
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         budget = self.config["train_time_budget"]
-        if budget and self._fit_started is not None and epoch_idx > self.start_epoch \
-                and time.time() - self._fit_started >= budget:
+        spent = budget and self._fit_started is not None and epoch_idx > self.start_epoch \
+            and time.time() - self._fit_started >= budget
+        if distributed.any_rank(spent, self.config):  # every rank stops at the same epoch
             raise _BudgetExhausted
         epoch_started = time.time()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
@@ -58,7 +65,7 @@ class EfficientTrainerMixin:
         return super()._build_optimizer(**kwargs)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_rank_zero(self.config):
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
@@ -99,11 +106,21 @@ class EfficientTrainerMixin:
             return
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = self._load(checkpoint_file)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            if distributed.is_rank_zero(self.config):
+                checkpoint = self._load(checkpoint_file)
+                self.model.load_state_dict(checkpoint["state_dict"])
+                self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            # Only rank 0 wrote the file (on its machine, under its name): others take its
+            # weights instead of racing to read it (RecBole issue #1811).
+            distributed.broadcast_model(self.model, self.config)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        if distributed.is_distributed(self.config):
+            self._eval_rows = distributed.shard_evaluation(eval_data)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        # RecBole weights each rank by 4 x its batch count; weight by the users it evaluated.
+        return distributed.average_metrics(result, self._eval_rows, self.config)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

@@ -16,6 +16,8 @@ from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType, ModelType, set_color
 
+from recbole_efficient.data.atomic import AtomicFilesMixin, check_headers
+
 TARGET_SUFFIX = "_target"
 _LEAVE_ONE_NUM = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
 
@@ -26,11 +28,14 @@ def target_list_field(config):
 
 
 def check_data_files(config):
-    """Fail fast, before any download attempt or training, when the atomic files are absent."""
+    """Fail fast, before any download attempt or training, when the atomic files are absent
+    or their headers lack what the model needs (see ``atomic.check_headers``)."""
     name, path = config["dataset"], config["data_path"]
     inter = os.path.join(path, f"{name}.inter")
-    if os.path.isfile(inter) or config["benchmark_filename"]:
+    if config["benchmark_filename"]:
         return
+    if os.path.isfile(inter):
+        return check_headers(config)
     raise FileNotFoundError(
         f"Dataset '{name}' is not on disk: expected the RecBole atomic file {inter} "
         f"(optionally {name}.user / {name}.item beside it) under data_path={path!r}. "
@@ -39,7 +44,7 @@ def check_data_files(config):
     )
 
 
-class SequentialDataset(RecBoleSequentialDataset):
+class SequentialDataset(AtomicFilesMixin, RecBoleSequentialDataset):
     """RecBole's SequentialDataset plus the ``all_positions`` training mode."""
 
     @property
@@ -58,6 +63,28 @@ class SequentialDataset(RecBoleSequentialDataset):
             super()._change_feat_format()
 
     def build(self):
+        histories = self.inter_feat[self.uid_field].value_counts()  # before any split
+        splits = self._build_splits()
+        self._check_splits(splits, histories)
+        return splits
+
+    def _check_splits(self, splits, histories):
+        """Users need 2 interactions to train, 3 to be tested, 4 to be validated (leave-one-out)."""
+        split = self.config["eval_args"]["split"]
+        names = ["training", "validation", "test"]
+        expected = names if isinstance(split, dict) and split.get("LS") == "valid_and_test" \
+            else names[:1]
+        empty = [name for name, ds in zip(names, splits) if name in expected and len(ds) == 0]
+        if empty:
+            raise ValueError(
+                f"Dataset '{self.dataset_name}' gives no {' and no '.join(empty)} rows: with "
+                "leave-one-out splitting a user needs at least 2 interactions to be trained on, "
+                f"3 to be tested and 4 to be validated, and the longest of its {len(histories)} "
+                f"users' histories has {int(histories.max()) if len(histories) else 0} (after "
+                "filtering). Use a dataset with longer histories, or relax "
+                "user_inter_num_interval / val_interval.")
+
+    def _build_splits(self):
         if self.train_mode != "all_positions" or self.benchmark_filename_list is not None:
             return super().build()
         if self.config["eval_args"]["order"] != "TO":
