@@ -8,7 +8,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole_efficient import compat
 from recbole_efficient.validation import COMMON_SPEC, Choice, Rule, validate
 
-TRAIN_MODES = ("augmented", "all_positions")
+TRAIN_MODES = ("augmented", "all_positions", "cloze")
 
 
 def properties_dir() -> Path:

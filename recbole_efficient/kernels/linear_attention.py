@@ -20,8 +20,9 @@ Forms of the same operator, each with a naive reference beside it:
 * :func:`causal_linear_attention` (chunked: a masked matmul inside chunks of ``chunk_size``
   plus the running ``d_h x d_h`` state of the chunks before; memory O(L d_h + L chunk_size),
   no per-position state is materialised) -- :func:`causal_linear_attention_naive` (a loop);
-* :func:`kv_state` (the state ``sum_j k^_j^T v_j`` of a masked sequence) and
-  :func:`linear_attention_step` (append one position to a state), for streaming.
+* :func:`kv_state` (the state ``sum_j k^_j^T v_j`` of a masked sequence),
+  :func:`state_attention` (one query against a state) and :func:`linear_attention_step`
+  (append one position to a state), for streaming and for the last position only.
 
 Everything is computed in at least float32, autocast off (the ``d_h x d_h`` state sums L
 terms; ``eps`` must not underflow), and returned in ``v``'s dtype.
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 __all__ = ["K_NORM_AXES", "EPS", "l2_elu", "kv_state", "linear_attention",
            "linear_attention_naive", "causal_linear_attention", "causal_linear_attention_naive",
-           "linear_attention_step"]
+           "linear_attention_step", "state_attention"]
 
 K_NORM_AXES = ("features", "sequence")
 #: Smallest norm divided by: a zero row stays zero (no NaN), in any input dtype.
@@ -162,12 +163,19 @@ def causal_linear_attention_naive(q, k, v, eps=EPS):
     return out.to(out_dtype)
 
 
+def state_attention(q, state, eps=EPS):
+    """``phi(q) state / sqrt(d_h)`` for one query per state: ``q [..., d_h]``,
+    ``state [..., d_h, d_h]`` (from :func:`kv_state`) -> ``[..., d_h]`` in ``state``'s dtype."""
+    ctx, (q, state) = _compute(q, state)
+    with ctx:
+        return (l2_elu(q, eps=eps).unsqueeze(-2) @ state).squeeze(-2) / math.sqrt(q.size(-1))
+
+
 def linear_attention_step(q_t, k_t, v_t, state, eps=EPS):
     """One more position: ``q_t, k_t, v_t [..., d_h]``, ``state [..., d_h, d_h]`` (from
     :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2)."""
     out_dtype = v_t.dtype
-    ctx, (q_t, k_t, v_t, state) = _compute(q_t, k_t, v_t, state)
+    ctx, (k_t, v_t, state) = _compute(k_t, v_t, state)
     with ctx:
         state = state + l2_elu(k_t, eps=eps).unsqueeze(-1) * v_t.unsqueeze(-2)
-        out = (l2_elu(q_t, eps=eps).unsqueeze(-2) @ state).squeeze(-2) / math.sqrt(q_t.size(-1))
-    return out.to(out_dtype), state
+    return state_attention(q_t, state, eps).to(out_dtype), state
