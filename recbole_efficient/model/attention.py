@@ -40,7 +40,7 @@ class LinearAttention(nn.Module):
     """
 
     def __init__(self, hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps, causal=True,
-                 k_norm_axis="features", chunk_size=64):
+                 k_norm_axis="features", chunk_size=32):
         super().__init__()
         if hidden_size % n_heads:
             raise ValueError(f"hidden_size={hidden_size} is not divisible by n_heads={n_heads}")
@@ -62,7 +62,7 @@ class LinearAttention(nn.Module):
         """``[..., L, d]`` -> ``[..., H, L, d_h]`` (``[B, d]`` -> ``[B, H, d_h]``)."""
         if x.dim() == 2:
             return x.view(x.size(0), self.n_heads, self.head_size)
-        return x.view(*x.shape[:-1], self.n_heads, self.head_size).transpose(-3, -2)
+        return x.view(*x.shape[:-1], self.n_heads, self.head_size).transpose(-3, -2).contiguous()
 
     def _merge(self, o):
         if o.dim() == 3:
@@ -104,7 +104,7 @@ class LinearAttentionEncoder(nn.Module):
     """``n_layers`` x [linear attention sublayer, RecBole's ``FeedForward`` (post-LN)]."""
 
     def __init__(self, n_layers, hidden_size, n_heads, inner_size, hidden_dropout_prob,
-                 hidden_act, layer_norm_eps, causal=True, k_norm_axis="features", chunk_size=64):
+                 hidden_act, layer_norm_eps, causal=True, k_norm_axis="features", chunk_size=32):
         super().__init__()
         self.attention = nn.ModuleList([
             LinearAttention(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps, causal,

@@ -33,7 +33,7 @@ from recbole_efficient.validation import Bool, Int, Rule
 class LinRec(EfficientSequentialRecommender):
     config_spec = LINEAR_ATTENTION_SPEC + (
         Bool("causal"),
-        Int("chunk_size", 1, example=64),
+        Int("chunk_size", 1, example=32),
         Rule(("k_norm_axis", "causal"),
              lambda c, m: not (c["causal"] and c["k_norm_axis"] == "sequence"),
              "k_norm_axis=sequence normalises each key feature over the whole sequence, so it "
