@@ -272,6 +272,21 @@ def test_bad_config_is_refused_at_start_up(name, over, words):
     assert len(err.value.problems) == 1 and words in err.value.problems[0]
 
 
+def test_cli_reports_each_problem_on_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_recbole_efficient.py"
+    out = subprocess.run([sys.executable, str(script), "--model=LinRec", "--n_heads=3",
+                          "--k_norm_axis=sequence"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    problems = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 2
+    assert "n_heads=3" in problems[0] and "--causal=False" in problems[1]
+
+
 def test_defaults_are_the_authors_ml1m_config():
     for name in ("LinRec", "LinRecBERT"):
         config = Config(model=name, dataset="no-such-dataset", read_cmd_line=False)
