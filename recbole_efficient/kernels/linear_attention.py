@@ -30,6 +30,7 @@ terms; ``eps`` must not underflow), and returned in ``v``'s dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -47,7 +48,10 @@ EPS = 1e-6
 def _compute(*tensors):
     """Tensors in at least float32, and an autocast-free context for the math."""
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    ctx = torch.autocast(tensors[0].device.type, enabled=False)
+    device = tensors[0].device.type
+    # Entering autocast costs microseconds: skip it where it is off (streaming steps).
+    ctx = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) \
+        else contextlib.nullcontext()
     return ctx, [t.to(dtype) for t in tensors]
 
 
@@ -163,19 +167,23 @@ def causal_linear_attention_naive(q, k, v, eps=EPS):
     return out.to(out_dtype)
 
 
+def _query_state(q, state, eps):
+    return (l2_elu(q, eps=eps, scale=q.size(-1) ** -0.5).unsqueeze(-2) @ state).squeeze(-2)
+
+
 def state_attention(q, state, eps=EPS):
     """``phi(q) state / sqrt(d_h)`` for one query per state: ``q [..., d_h]``,
     ``state [..., d_h, d_h]`` (from :func:`kv_state`) -> ``[..., d_h]`` in ``state``'s dtype."""
     ctx, (q, state) = _compute(q, state)
     with ctx:
-        return (l2_elu(q, eps=eps, scale=q.size(-1) ** -0.5).unsqueeze(-2) @ state).squeeze(-2)
+        return _query_state(q, state, eps)
 
 
 def linear_attention_step(q_t, k_t, v_t, state, eps=EPS):
     """One more position: ``q_t, k_t, v_t [..., d_h]``, ``state [..., d_h, d_h]`` (from
     :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2)."""
     out_dtype = v_t.dtype
-    ctx, (k_t, v_t, state) = _compute(k_t, v_t, state)
+    ctx, (q_t, k_t, v_t, state) = _compute(q_t, k_t, v_t, state)
     with ctx:
         state = state + l2_elu(k_t, eps=eps).unsqueeze(-1) * v_t.unsqueeze(-2)
-    return state_attention(q_t, state, eps).to(out_dtype), state
+        return _query_state(q_t, state, eps).to(out_dtype), state
