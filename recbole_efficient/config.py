@@ -13,7 +13,7 @@ from recbole_efficient import compat, distributed
 from recbole_efficient.validation import (BASELINE_SPECS, COMMON_SPEC, Choice, ConfigError, Rule,
                                           collect_spec, likely_typos, spec_keys, validate)
 
-TRAIN_MODES = ("augmented", "all_positions")
+TRAIN_MODES = ("augmented", "all_positions", "cloze")
 
 
 def properties_dir() -> Path:
