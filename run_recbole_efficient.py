@@ -8,8 +8,10 @@
 import argparse
 import sys
 
+from torch.multiprocessing import ProcessExitedException
+
 import recbole_efficient
-from recbole_efficient.checkpoint import UnsafeCheckpointError
+from recbole_efficient.quick_start import USER_ERRORS
 from recbole_efficient.trainer import TrainingInterrupted
 
 
@@ -47,9 +49,11 @@ def main(argv=None):
             args.model, args.dataset, config_file_list=config_files, nproc=args.nproc,
             world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
             resume=args.resume)
-    except (ValueError, KeyError, FileNotFoundError, UnsafeCheckpointError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ProcessExitedException as err:  # a worker already printed why
+        return err.exit_code
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130

@@ -190,8 +190,8 @@ def make_batch(config, batch_size, seq_len, n_items, train_mode="augmented", tra
     """Random full-length sequences (no padding) as an ``Interaction``.
 
     Training batches carry per-position targets (``all_positions``) or one target per row
-    (``augmented``, plus a negative item when ``loss_type`` is BPR); inference batches carry
-    only the sequence and its length.
+    (``augmented``, plus a negative item when ``loss_type`` is BPR; ``cloze`` models mask the
+    sequence itself and ignore it); inference batches carry only the sequence and its length.
     """
     from recbole.data.interaction import Interaction
 

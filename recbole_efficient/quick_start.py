@@ -1,6 +1,5 @@
 """RecBole's quick-start entry points, resolving models through recbole_efficient."""
 
-import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -10,9 +9,11 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_efficient.checkpoint import load_checkpoint, resume_file
+from recbole_efficient import distributed
+from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
 from recbole_efficient.config import Config
 from recbole_efficient.data import create_dataset
+from recbole_efficient.data.dataset import check_data_files
 from recbole_efficient.utils import get_model, get_trainer
 
 
@@ -27,27 +28,22 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     NaN/inf loss stops training; the result's ``fault`` says why and its test metrics are those
     of the best checkpoint so far (``None`` when there is none).
     """
-    if resume:
-        resume = resume_file(resume)
-        config = config_from_checkpoint(
-            load_checkpoint(resume, trust_checkpoint=bool((config_dict or {}).get("trust_checkpoint"))),
-            config_dict, model=model, dataset=dataset, config_file_list=config_file_list,
-            read_cmd_line=read_cmd_line)
-    else:
-        config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                        config_dict=config_dict, read_cmd_line=read_cmd_line)
+    config = _config(model, dataset, config_file_list, config_dict, read_cmd_line, resume)
+    if not config["allow_download"]:
+        check_data_files(config)  # before the log and its config dump
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    distributed.init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+
     _, (train_data, valid_data, test_data), trainer = prepare_run(config)
     if resume:
         trainer.resume_checkpoint(resume)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     test_result = None
-    if not trainer.fault or (saved and os.path.isfile(trainer.saved_model_file)):
+    if not trainer.fault or (saved and trainer.best_epoch is not None):
         test_result = trainer.evaluate(test_data, load_best_model=saved,
                                        show_progress=config["show_progress"])
 
@@ -70,6 +66,17 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def _config(model, dataset, config_file_list, config_dict, read_cmd_line, resume):
+    """The run's Config; with ``resume``, the checkpoint's settings under the given ones."""
+    if not resume:
+        return Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                      config_dict=config_dict, read_cmd_line=read_cmd_line)
+    trust = bool((config_dict or {}).get("trust_checkpoint"))
+    return config_from_checkpoint(load_checkpoint(resume_file(resume), trust_checkpoint=trust),
+                                  config_dict, model=model, dataset=dataset,
+                                  config_file_list=config_file_list, read_cmd_line=read_cmd_line)
 
 
 def prepare_run(config, dataset=None):
@@ -100,26 +107,43 @@ def prepare_run(config, dataset=None):
     return dataset, (train_data, valid_data, test_data), trainer
 
 
+#: Errors that mean bad input, reported as one line (the CLI exits with status 2).
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeCheckpointError)
+
+
 def _run_rank(rank, *args):
     kwargs = args[-1]
     if not isinstance(kwargs, MutableMapping):
         raise ValueError(f"last argument must be a dict, got {type(kwargs)}")
     kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_efficient(*args[:3], **kwargs)
+    try:
+        run_recbole_efficient(*args[:3], **kwargs)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)  # torch.multiprocessing stops the other ranks
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
         world_size=-1, ip="localhost", port="5678", group_offset=0, resume=None):
-    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers."""
+    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers.
+
+    With several processes, the configuration and the dataset files are checked here, once,
+    before any worker starts; a worker that stops on bad input exits with status 2 and
+    ``torch.multiprocessing.ProcessExitedException`` is raised here.
+    """
     if nproc == 1 and world_size <= 0:
         return run_recbole_efficient(model=model, dataset=dataset, config_file_list=config_file_list,
                                      config_dict=config_dict, saved=saved, resume=resume)
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
-    queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=port, nproc=nproc,
                        offset=group_offset)
+    config = _config(model, dataset, config_file_list, config_dict, True, resume)
+    distributed.check_devices(config)
+    if not config["allow_download"]:
+        check_data_files(config)
+    queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_run_rank, args=(model, dataset, config_file_list,
                               {"config_dict": config_dict, "queue": queue, "resume": resume}),
              nprocs=nproc, join=True)

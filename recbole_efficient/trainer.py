@@ -5,14 +5,13 @@ import importlib
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
+from recbole_efficient import distributed
 from recbole_efficient.checkpoint import (BEST, LATEST, config_state, load_checkpoint,
                                           make_run_dir, resume_file, rng_state, save_checkpoint,
                                           set_rng_state)
@@ -59,7 +58,12 @@ class EfficientTrainerMixin:
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if distributed.is_distributed(config):
+            with distributed.recbole_trainer_init(config):
+                super().__init__(config, model)
+            self.model, self.distributed_model = distributed.wrap_model(self.model, config)
+        else:
+            super().__init__(config, model)
         self.epoch_seconds = []  # training seconds of each epoch of this run
         self.epoch_end_hooks = []
         self.run_dir = None
@@ -133,7 +137,8 @@ class EfficientTrainerMixin:
         return lambda: signal.signal(signal.SIGINT, previous or signal.default_int_handler)
 
     def _stop_if_requested(self):
-        if self._stop_requested:
+        # Every rank stops at the same point (a rank leaving alone would hang the others).
+        if distributed.any_rank(self._stop_requested, self.config):
             raise KeyboardInterrupt
 
     def _run_is_over(self):
@@ -143,7 +148,8 @@ class EfficientTrainerMixin:
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         budget = self.config["train_time_budget"]
-        if budget and self._epoch is not None and time.time() - self._fit_started >= budget:
+        spent = budget and self._epoch is not None and time.time() - self._fit_started >= budget
+        if distributed.any_rank(spent, self.config):  # every rank stops at the same epoch
             raise _BudgetExhausted
         # RecBole has finished the previous epoch: its validation and early-stopping update.
         self._epoch_done(self._epoch)
@@ -164,7 +170,7 @@ class EfficientTrainerMixin:
             return
         self._done_epoch = epoch
         if self._saved:
-            self._write_state(self.run_dir / LATEST, epoch)
+            self._write_state(LATEST, epoch)
         valid_epoch, valid_result = self.last_validation
         for hook in self.epoch_end_hooks:
             hook(self, epoch, valid_result if valid_epoch == epoch else None, final)
@@ -174,13 +180,15 @@ class EfficientTrainerMixin:
         # RecBole calls this once per batch, before the backward pass.
         self._stop_if_requested()
         self._batch += 1
-        if torch.isfinite(loss).all():
+        finite = bool(torch.isfinite(loss).all())
+        if not distributed.any_rank(not finite, self.config):
             return
         best = (f"The best checkpoint so far (epoch {self.best_epoch}) is kept: "
                 f"{self.saved_model_file}." if self.best_epoch is not None
                 else "No checkpoint was saved before the fault.")
         raise NonFiniteLoss(
-            f"Training loss is {loss.item()} at epoch {self._epoch}, batch {self._batch} of "
+            f"Training loss is {loss.item() if not finite else 'not finite in another process'} "
+            f"at epoch {self._epoch}, batch {self._batch} of "
             f"{self._epoch_batches}: training diverged and was stopped. Lower the learning rate "
             f"(learning_rate={self.config['learning_rate']}, e.g. "
             f"--learning_rate={self.config['learning_rate'] / 10:g}) or clip gradients "
@@ -204,15 +212,10 @@ class EfficientTrainerMixin:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _open_run_dir(self):
-        """Create this run's folder (rank 0) and share its name with every DDP rank."""
-        ddp = not self.config["single_spec"]
-        name = [None]
-        if not ddp or self.config["local_rank"] == 0:
-            name[0] = str(make_run_dir(self.checkpoint_dir, self.config["model"]))
-        if ddp:
-            dist.broadcast_object_list(name, src=0)
-        self.run_dir = Path(name[0])
-        self.saved_model_file = str(self.run_dir / BEST)
+        # Only rank 0 writes (other ranks take the best weights from it: see evaluate).
+        if distributed.is_rank_zero(self.config):
+            self.run_dir = make_run_dir(self.checkpoint_dir, self.config["model"])
+            self.saved_model_file = str(self.run_dir / BEST)
 
     def _training_state(self, epoch):
         return {
@@ -231,16 +234,17 @@ class EfficientTrainerMixin:
             "rng": rng_state(self._generator),
         }
 
-    def _write_state(self, path, epoch):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        save_checkpoint(path, self._training_state(epoch))
+    def _write_state(self, name, epoch):
+        if distributed.is_rank_zero(self.config):
+            save_checkpoint(self.run_dir / name, self._training_state(epoch))
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         # RecBole calls this when validation improves (every epoch without validation).
-        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         self.best_epoch = int(epoch)
-        self._write_state(saved_model_file, epoch)
+        if not distributed.is_rank_zero(self.config):
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        save_checkpoint(saved_model_file, self._training_state(epoch))
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
@@ -279,11 +283,21 @@ class EfficientTrainerMixin:
             return
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = self._load(checkpoint_file)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            if distributed.is_rank_zero(self.config):
+                checkpoint = self._load(checkpoint_file)
+                self.model.load_state_dict(checkpoint["state_dict"])
+                self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            # Only rank 0 wrote the file (on its machine, under its name): others take its
+            # weights instead of racing to read it (RecBole issue #1811).
+            distributed.broadcast_model(self.model, self.config)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        if distributed.is_distributed(self.config):
+            self._eval_rows = distributed.shard_evaluation(eval_data)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        # RecBole weights each rank by 4 x its batch count; weight by the users it evaluated.
+        return distributed.average_metrics(result, self._eval_rows, self.config)
 
     # -- optimiser and evaluation ------------------------------------------------------------
     def _build_optimizer(self, **kwargs):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import accuracy, common, efficiency  # noqa: E402
+from benchmarks import accuracy, common, efficiency, streaming  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -192,3 +192,15 @@ def test_accuracy_one_epoch_on_tiny_dataset(tiny):
     assert rows[0]["epochs"] == 1 and 0 <= rows[0]["ndcg@10"] <= 1
     assert (out / "accuracy.md").is_file() and (out / "logs" / "SoftmaxSASRec.log").is_file()
     assert not (root / "log").exists() and not (root / "saved").exists()  # ran in a temp dir
+
+
+# -- streaming -------------------------------------------------------------------------------
+def test_streaming_covers_every_model_with_the_api(capsys):
+    rows = streaming.main(["--lengths", "6", "9", "--hidden_size", "8", "--n_items", "20",
+                           "--repeats", "1", "--warmup", "0", "--set", "n_heads=2"])
+    assert {(r["model"], r["length"]) for r in rows} == \
+        {(m, L) for m in ("LRURec", "LinRec") for L in (6, 9)}
+    assert all(r["step_ms"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
+    assert "| LinRec | 9 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="LinRecBERT has no streaming"):
+        streaming.main(["--models", "LinRecBERT", "--lengths", "4", "--hidden_size", "8"])

@@ -143,8 +143,10 @@ class EfficientSequentialRecommender(SequentialRecommender):
         hidden = self.encode(item_seq, item_seq_len)
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         mask = positions[None, :] < item_seq_len[:, None]
-        hidden = hidden[mask]
-        targets = interaction[self.TARGET_SEQ][mask]
+        return self._positions_loss(hidden[mask], interaction[self.TARGET_SEQ][mask])
+
+    def _positions_loss(self, hidden, targets):
+        """Mean loss of the hidden states ``[N, d]`` against their target items ``[N]``."""
         if self.loss_type == "BPR":
             # One uniform negative per position, redrawn where it hits the target.
             neg = torch.randint(1, self.n_items, targets.shape, device=targets.device)

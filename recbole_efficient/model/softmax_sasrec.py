@@ -5,10 +5,13 @@ that every efficient model can be compared with softmax attention under identica
 loss and protocol. Cost grows as O(L^2) in the sequence length.
 """
 
+from functools import partial
+
 import torch
 from torch import nn
 from recbole.model.layers import TransformerEncoder
 
+from recbole_efficient.model.attention import init_normal
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.validation import TRANSFORMER_SPEC
 
@@ -35,16 +38,7 @@ class SoftmaxSASRec(EfficientSequentialRecommender):
         )
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        self.apply(partial(init_normal, std=self.initializer_range))
 
     def encode(self, item_seq, item_seq_len):
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
