@@ -33,10 +33,15 @@ def local_ray():
     assigns them, which is what trials must follow."""
     import ray
 
+    # Earlier tests' RecBole Configs set CUDA_VISIBLE_DEVICES=0 in this process; Ray would
+    # then see one GPU only.
+    visible = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     yield ray
     ray.shutdown()
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
 @pytest.fixture
