@@ -68,9 +68,10 @@ def _reports(result):
 def test_tiny_asha_sweep(sweep):
     """2 configurations x 2 seeds, ASHA with grace period 1: outputs written, one report per
     epoch, at least one trial stopped before its last epoch, configurations ranked by their
-    seed mean, every trial on the GPU Ray gave it."""
-    result = sweep("LRURec", "learning_rate: {choice: [1.0e-5, 1.0e-2]}\n", repeats=2,
-                   gpus_per_trial=1)
+    seed mean. One trial at a time, so that the order in which trials reach a rung, on which
+    ASHA's decisions depend, is fixed."""
+    result = sweep("LRURec", "learning_rate: {choice: [1.0e-2, 1.0e-9]}\n", repeats=2,
+                   max_concurrent=1)
     assert result.complete and len(result.table) == 4
     assert set(result.table["seed"]) == {2020, 2021}
     folder = result.experiment_dir
@@ -79,14 +80,10 @@ def test_tiny_asha_sweep(sweep):
     assert os.path.isfile(result.best_checkpoint)
     assert result.table["stopped_early"].sum() >= 1
     assert (result.table.loc[~result.table["stopped_early"], "epochs"] == FIXED["epochs"]).all()
-    gpus = set()
     for trial in result.results:
         reports = _reports(trial)
         assert list(reports["epochs_done"]) == list(range(1, len(reports) + 1))
         assert not [c for c in reports.columns if c.startswith("test")]  # never reported
-        assert (reports["gpu_ids"] == reports["cuda_visible_devices"]).all()
-        gpus |= set(reports["gpu_ids"])
-    assert gpus == {"0", "1"}  # two trials at a time, each on its own GPU, as Ray assigned
 
     metric = result.metric
     configs = result.configs
@@ -133,12 +130,14 @@ class _KillAtEpoch2(tune.Callback):
 
 
 def test_killed_trial_resumes_from_its_checkpoint(sweep):
-    """Two identical trials; one is SIGKILLed at its epoch-2 report. Ray retries it from its last
-    checkpoint (epoch 1 or 2, depending on whether Ray had registered the one of epoch 2): the
-    epochs continue instead of starting over, and it ends exactly like its twin."""
+    """Two identical trials, at the same time, one GPU each; one is SIGKILLed at its epoch-2
+    report. Ray retries it from its last checkpoint (epoch 1 or 2, depending on whether Ray had
+    registered the one of epoch 2): the epochs continue instead of starting over, and it ends
+    exactly like its twin. Every trial runs on the GPU Ray assigned it."""
     kill = _KillAtEpoch2()
     result = sweep("LRURec", "learning_rate: {choice: [0.001]}\n", search="random",
-                   num_samples=2, scheduler="fifo", callbacks=[kill], fixed={"epochs": 3})
+                   num_samples=2, scheduler="fifo", callbacks=[kill], fixed={"epochs": 3},
+                   gpus_per_trial=1)
     assert kill.killed is not None and (result.table["status"] == "ok").all()
     killed = [(epochs, pid) for trial, epochs, pid in kill.reports if trial == kill.killed]
     epochs = [e for e, _ in killed]
@@ -149,6 +148,12 @@ def test_killed_trial_resumes_from_its_checkpoint(sweep):
     assert twins[0][f"best_{result.metric}"] == twins[1][f"best_{result.metric}"]
     weights = [torch.load(p, weights_only=True)["state_dict"] for p in result.table["checkpoint"]]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    gpus = set()
+    for trial in result.results:
+        reports = _reports(trial)
+        assert (reports["gpu_ids"] == reports["cuda_visible_devices"]).all()
+        gpus |= set(reports["gpu_ids"])
+    assert gpus == {"0", "1"}  # two trials at a time, each on its own GPU, as Ray assigned
 
 
 class _InterruptOnce(tune.Callback):
