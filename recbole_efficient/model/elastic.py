@@ -22,24 +22,28 @@ constructions it points to (Luna, Set Transformer's ISAB, product-key memory):
   Luna's pack (softmax over the real positions, pads masked) and unpack (softmax over the
   experts). Strictly causal form (default, ``all_positions``): Luna's causal prefix form with
   positive pack weights ``elu(.) + 1`` and per-expert weighted prefix means, computed
-  chunk-wise in O(N k) memory; see ``recbole_efficient/kernels/dispatcher_attention.py``.
+  chunk-wise in O(N (chunk_size + k)) memory per head, never an ``[N, k, d]`` tensor; see
+  ``recbole_efficient/kernels/dispatcher_attention.py``.
   Its state is a running sum, so the model streams (``init_state``/``build_state``/``step``)
   at O(1) cost per item, up to ``MAX_ITEM_LIST_LENGTH`` items (learned positions).
 * IMR (``use_imr``): a bank of ``memory_size`` = n^2 interest vectors addressed by product
-  keys. At each position t the query is ``LN(W [mean of the inputs 0..t ; input t])`` (a
-  causal summary plus the current item; LayerNorm, not the BatchNorm of product-key memory,
-  whose batch statistics would mix other positions and users into a query), per each of
-  ``memory_heads`` heads; the top ``memory_topk`` slots are found among n + n sub-keys and
-  ``memory_topk^2`` candidate sums, and their softmax-weighted sum, LayerNorm-ed, is one
-  retrieved interest. The non-causal form retrieves once per user from the whole-sequence
-  mean and the last item. The retrieved interests *augment* the experts: in every LDA
-  sublayer they are projected like items and enter the unpack softmax beside the k packed
+  keys. The query at position t is ``LN(W [mean of the inputs 0..t ; input t])`` per each of
+  ``memory_heads`` heads: a causal summary plus the current item (LayerNorm, not the
+  BatchNorm of product-key memory, whose batch statistics would mix other users and future
+  positions into a query). The top ``memory_topk`` slots are found among n + n sub-keys and
+  ``memory_topk^2`` candidate sums; their softmax-weighted sum, LayerNorm-ed, is one
+  retrieved interest. The non-causal form queries once per user with the whole-sequence mean
+  and the last item.
+* The retrieved interests *augment* the experts of the last LDA sublayer (the one whose
+  output is scored): projected like items, they enter its unpack softmax beside the k packed
   experts, so each position chooses between interests compressed from its history and
-  interests recalled from the memory. (Making them the experts' pack queries instead would
-  make the pack weights depend on t and break the linear-time causal form.) Only the
-  retrieved slots get gradients (``embedding_bag`` with sparse gradients); the bank trains
-  with its own SparseAdam group (``optimizer_groups``, lr x ``memory_lr_scale``), so a step
-  costs the same at M = 1e6 as at 1e4 apart from the O(sqrt(M) d) sub-key scores.
+  interests recalled from the memory. As pack queries they would make the pack weights
+  depend on t and break the linear-time causal form; feeding only the last sublayer means
+  that scoring one position (``encode_last``) needs one retrieval per user.
+* Only the retrieved slots get gradients (``embedding_bag`` with sparse gradients). The bank
+  is a ``sparse`` group in ``optimizer_groups``, which the trainer gives SparseAdam (lr x
+  ``memory_lr_scale``, no weight decay), so a step does the same work at M = 1e6 as at 1e4
+  apart from the 2 sqrt(M) sub-key scores per query.
 """
 
 import math
@@ -202,8 +206,8 @@ class ELASTIC(EfficientSequentialRecommender):
         Int("chunk_size", 1, example=64),
         Bool("use_imr"),
         Int("memory_size", 1, example=65536),
-        Int("memory_topk", 1, example=16),
-        Int("memory_heads", 1, example=2),
+        Int("memory_topk", 1, example=8),
+        Int("memory_heads", 1, example=1),
         Float("memory_lr_scale", 0, low_open=True, example=1.0),
         Rule(("use_imr", "memory_size"),
              _imr_rule(lambda c: math.isqrt(c["memory_size"]) ** 2 == c["memory_size"]),
