@@ -9,6 +9,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
 from recbole_efficient.checkpoint import config_state, load_checkpoint, save_checkpoint
+from recbole_efficient.optim import LazyAdam, OptimizerChain
 
 
 class _BudgetExhausted(Exception):
@@ -134,50 +135,15 @@ def get_trainer(model_type, model_name):
     return type(base.__name__, (EfficientTrainerMixin, base), {})
 
 
-class OptimizerChain:
-    """Optimisers over disjoint parameter groups, stepped, zeroed and saved as one."""
-
-    def __init__(self, optimizers):
-        self.optimizers = list(optimizers)
-
-    @property
-    def param_groups(self):
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for opt in self.optimizers:
-            opt.step()
-        return loss
-
-    def state_dict(self):
-        return {"chain": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state_dict):
-        for opt, state in zip(self.optimizers, state_dict["chain"], strict=True):
-            opt.load_state_dict(state)
-
-
-_LEARNERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-             "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
-
-
 def build_optimizer(model, learner, learning_rate, weight_decay):
     """RecBole's optimiser for ``learner`` over ``model.optimizer_groups(weight_decay)`` (all
     trainable parameters if the model has no groups); the trainer and the benchmarks use it.
 
     A group flagged ``sparse: True`` holds parameters with row-sparse gradients (ELASTIC's
-    memory bank): it gets ``torch.optim.SparseAdam`` at ``lr_scale`` (default 1) x
-    ``learning_rate``, without weight decay, which updates only the rows in the gradient and
-    their moments, so a step costs the same whatever the number of rows. The result is then
-    an :class:`OptimizerChain` of the two optimisers.
+    memory bank): it gets :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
+    (default 1) x ``learning_rate``, without weight decay, which updates only the rows in the
+    gradient and their moments, so a step costs the same whatever the number of rows. The
+    result is then an :class:`~recbole_efficient.optim.OptimizerChain` of the two.
     """
     weight_decay = weight_decay or 0.0
     groups = (model.optimizer_groups(weight_decay) if hasattr(model, "optimizer_groups")
@@ -190,10 +156,12 @@ def build_optimizer(model, learner, learning_rate, weight_decay):
     learner = str(learner).lower()
     if learner == "sparse_adam":  # RecBole's meaning: SparseAdam for every parameter
         return torch.optim.SparseAdam(dense + sparse, lr=learning_rate)
+    learners = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
     optimizers = []
     if dense:
-        optimizers.append(_LEARNERS.get(learner, torch.optim.Adam)(
+        optimizers.append(learners.get(learner, torch.optim.Adam)(
             dense, lr=learning_rate, weight_decay=weight_decay))
     if sparse:
-        optimizers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
+        optimizers.append(LazyAdam(sparse, lr=learning_rate))
     return optimizers[0] if len(optimizers) == 1 else OptimizerChain(optimizers)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from recbole_efficient import Config, get_model, get_trainer
 from recbole_efficient.model import elastic as elastic_module
-from recbole_efficient.trainer import OptimizerChain, build_optimizer
+from recbole_efficient.optim import LazyAdam, OptimizerChain
+from recbole_efficient.trainer import build_optimizer
 from recbole_efficient.validation import ConfigError
 
 from conftest import TINY, StubDataset
@@ -171,12 +172,12 @@ def test_only_retrieved_slots_get_gradients_and_updates(monkeypatch):
 
     optimizer = build_optimizer(model, "adam", 0.01, 0.0)
     assert isinstance(optimizer, OptimizerChain)
-    assert [type(o).__name__ for o in optimizer.optimizers] == ["Adam", "SparseAdam"]
+    assert [type(o).__name__ for o in optimizer.optimizers] == ["Adam", "LazyAdam"]
     before = model.imr.values.detach().clone()
     assert torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3) > 1e-3
     optimizer.step()
     moved = (model.imr.values.detach() != before).any(1)
-    assert torch.equal(moved, hit)                             # SparseAdam: retrieved rows only
+    assert torch.equal(moved, hit)                             # LazyAdam: retrieved rows only
 
 
 def test_gradient_clipping_counts_sparse_rows_once_coalesced():
@@ -193,6 +194,30 @@ def test_gradient_clipping_counts_sparse_rows_once_coalesced():
     clipped = torch.cat([p.grad.to_dense().flatten() for p in model.parameters()
                          if p.grad is not None]).norm()
     torch.testing.assert_close(clipped, torch.tensor(0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_adam_is_adam_on_the_rows_it_sees():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    lazy_param = torch.nn.Parameter(table.clone())
+    dense_param = torch.nn.Parameter(table[:4].clone())
+    lazy, adam = LazyAdam([lazy_param], lr=0.1), torch.optim.Adam([dense_param], lr=0.1)
+    for _ in range(3):
+        # rows 0..3 in every gradient (row 2 twice: duplicates are summed), rows 4, 5 never
+        rows = torch.tensor([2, 0, 1, 2, 3])
+        values = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        lazy_param.grad = torch.sparse_coo_tensor(rows[None], values, (6, 3),
+                                                  check_invariants=True)
+        dense_param.grad = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, rows, values)
+        lazy.step()
+        adam.step()
+    torch.testing.assert_close(lazy_param.detach()[:4], dense_param.detach(), atol=1e-12,
+                               rtol=1e-12)
+    assert torch.equal(lazy_param.detach()[4:], table[4:])
+    assert torch.count_nonzero(lazy.state[lazy_param]["exp_avg"][4:]) == 0
+    lazy_param.grad = torch.ones(6, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        lazy.step()
 
 
 def test_optimizer_groups_and_trainer_optimizer(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ constructions it points to (Luna, Set Transformer's ISAB, product-key memory):
   depend on t and break the linear-time causal form; feeding only the last sublayer means
   that scoring one position (``encode_last``) needs one retrieval per user.
 * Only the retrieved slots get gradients (``embedding_bag`` with sparse gradients). The bank
-  is a ``sparse`` group in ``optimizer_groups``, which the trainer gives SparseAdam (lr x
+  is a ``sparse`` group in ``optimizer_groups``, which the trainer gives LazyAdam (lr x
   ``memory_lr_scale``, no weight decay), so a step does the same work at M = 1e6 as at 1e4
   apart from the 2 sqrt(M) sub-key scores per query.
 """
@@ -206,7 +206,7 @@ class ELASTIC(EfficientSequentialRecommender):
         Int("chunk_size", 1, example=64),
         Bool("use_imr"),
         Int("memory_size", 1, example=65536),
-        Int("memory_topk", 1, example=8),
+        Int("memory_topk", 1, example=4),
         Int("memory_heads", 1, example=1),
         Float("memory_lr_scale", 0, low_open=True, example=1.0),
         Rule(("use_imr", "memory_size"),
@@ -260,7 +260,7 @@ class ELASTIC(EfficientSequentialRecommender):
 
     def optimizer_groups(self, weight_decay):
         """Dense parameters under ``learner``; the memory bank as a ``sparse`` group (the
-        trainer gives it SparseAdam: only retrieved rows and their moments are updated)."""
+        trainer gives it LazyAdam: only retrieved rows and their moments are updated)."""
         if self.imr is None:
             return [{"params": [p for p in self.parameters() if p.requires_grad],
                      "weight_decay": weight_decay}]
@@ -282,7 +282,11 @@ class ELASTIC(EfficientSequentialRecommender):
             return None
         if every_position:
             count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
-            return self.imr(x.cumsum(1) / count[:, None], x)
+            summary = x.cumsum(1) / count[:, None]
+            # pads retrieve nothing: their outputs are never used
+            out = x.new_zeros(*x.shape[:2], self.imr.heads, x.size(-1))
+            out[mask] = self.imr(summary[mask], x[mask])
+            return out
         length = item_seq_len.clamp_min(1)
         summary = (x * mask[..., None]).sum(1) / length[:, None]
         return self.imr(summary, self.gather_indexes(x, length - 1))
