@@ -253,6 +253,16 @@ def test_trained_checkpoint_reloads_with_both_optimizers(tiny):
     trainer.optimizer.load_state_dict(ckpt["optimizer"])  # resumable
 
 
+def test_noncausal_form_trains_augmented_end_to_end(tiny):
+    from recbole_efficient import run_recbole_efficient
+
+    _, cfg = tiny
+    result = run_recbole_efficient("ELASTIC", TINY, read_cmd_line=False, saved=False,
+                                   config_dict=cfg(lda_causal=False, train_mode="augmented",
+                                                   memory_size=64, memory_topk=4))
+    assert 0 <= float(result["test_result"]["ndcg@10"]) <= 1
+
+
 # -- configuration ---------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,message", [
     ({"n_experts": 0}, "n_experts=0 must be an integer >= 1; use --n_experts=16 (the default)."),
