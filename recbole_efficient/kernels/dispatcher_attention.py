@@ -48,7 +48,8 @@ __all__ = ["causal_pack_weights", "dispatch_noncausal", "dispatch_noncausal_naiv
 
 
 def causal_pack_weights(k, experts):
-    """``a = elu(k . p^T / sqrt(D)) + 1 > 0``: ``k [..., N, D]``, ``experts [H, E, D]`` -> ``[..., N, E]``."""
+    """``a = elu(k . p^T / sqrt(D)) + 1 > 0``: ``k [..., N, D]``, ``experts [H, E, D]``
+    -> ``[..., N, E]``."""
     return F.elu(k @ experts.transpose(-1, -2) * k.size(-1) ** -0.5) + 1
 
 
@@ -66,9 +67,11 @@ def _extra_output(pi_extra, extra_v):
     return (pi_extra.unsqueeze(-1) * extra_v).sum(-2)
 
 
-def _tiny(z):
-    # a_je = exp(x) for x < 0 underflows to 0 below x ~ -87: keep 0/0 out of the weighted means
-    return z.clamp_min(torch.finfo(z.dtype).tiny)
+def _floor(z):
+    """Sums of pack weights floored at 1e-12: an empty prefix, or weights that all underflow
+    (``elu(x) + 1 = exp(x)``, 0 below x ~ -104), give a zero expert, not 0/0, and the
+    backward pass's 1/z^2 stays finite."""
+    return z.clamp_min(1e-12)
 
 
 def dispatch_noncausal(q, k, v, experts, mask=None, extra_k=None, extra_v=None,
@@ -97,8 +100,8 @@ def dispatch_noncausal_naive(q, k, v, experts, mask=None, extra_k=None, extra_v=
     ev = None if extra_v is None else extra_v.expand(*shape, -1, dim)
     rows = []
     for b in range(batch):
-        real = mask[b] if mask is not None else torch.ones(k.size(2), dtype=torch.bool, device=k.device)
-        kb, vb = k[b][:, real], v[b][:, real]                             # [H, n, D]
+        # [H, n, D] over the real items only
+        kb, vb = (k[b], v[b]) if mask is None else (k[b][:, mask[b]], v[b][:, mask[b]])
         w = torch.exp(experts @ kb.transpose(-1, -2) * scale)
         alpha = w / w.sum(-1, keepdim=True)                               # [H, E, n]
         scores = q[b] @ (alpha @ kb).transpose(-1, -2) * scale            # [H, Nq, E]
@@ -147,7 +150,7 @@ def dispatch_causal(q, k, v, experts, chunk_size=64, extra_k=None, extra_v=None,
     qc, kc, vc, ac = (t.reshape(batch, heads, n_chunks, chunk, -1) for t in (q, k, v, a))
     sum_k = _exclusive_cumsum(kc.transpose(-1, -2) @ ac, 2)               # [B, H, n, D, E]
     sum_v = _exclusive_cumsum(ac.transpose(-1, -2) @ vc, 2)               # [B, H, n, E, D]
-    z = _tiny(_exclusive_cumsum(ac.sum(3), 2).unsqueeze(3) + ac.cumsum(3))  # [B, H, n, C, E]
+    z = _floor(_exclusive_cumsum(ac.sum(3), 2).unsqueeze(3) + ac.cumsum(3))  # [B, H, n, C, E]
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
     local = (qc @ kc.transpose(-1, -2)).masked_fill(future, 0)            # [B, H, n, C, C]
     scores = (local @ ac + qc @ sum_k) / z * scale
@@ -208,7 +211,7 @@ def causal_readout(q, state, extra_k=None, extra_v=None, dropout_p=0.0, training
     """Output of one query position per row, ``q [B, H, D]``, given the state of its prefix;
     extras ``[B, H, m, D]``."""
     sum_k, sum_v, z = state
-    z = _tiny(z)
+    z = _floor(z)
     scores = (q.unsqueeze(-2) @ sum_k).squeeze(-2) / z * q.size(-1) ** -0.5
     pi, pi_extra = _unpack(scores, q, extra_k, dropout_p, training)
     out = ((pi / z).unsqueeze(-2) @ sum_v).squeeze(-2)
