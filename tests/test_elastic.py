@@ -319,8 +319,18 @@ def test_cli_reports_each_bad_input_and_exits_2(tmp_path):
 
 
 # -- learning ---------------------------------------------------------------------------------
+@pytest.fixture
+def no_anomaly_mode():
+    """RecBole's SINE module turns autograd anomaly detection on for the whole process when
+    any test imports RecBole's models; it would double the cost of training here."""
+    enabled = torch.is_anomaly_enabled()
+    torch.autograd.set_detect_anomaly(False)
+    yield
+    torch.autograd.set_detect_anomaly(enabled)
+
+
 @pytest.mark.parametrize("use_imr", [True, False])
-def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, use_imr):
+def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, no_anomaly_mode, use_imr):
     import recbole_efficient
 
     monkeypatch.chdir(tmp_path)
