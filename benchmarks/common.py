@@ -169,20 +169,11 @@ def build_model(name, max_len, n_items, overrides=None, train_mode=None, device=
 
 
 def build_optimizer(model, config):
-    """The optimiser RecBole's trainer would build from ``learner`` / ``learning_rate``."""
-    lr = config["learning_rate"]
-    wd = config["weight_decay"] or 0.0
-    params = model.optimizer_groups(wd) if hasattr(model, "optimizer_groups") else model.parameters()
-    learner = str(config["learner"]).lower()
-    if learner == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if learner == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if learner == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    if learner == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    """The optimiser our trainer builds from ``learner`` / ``learning_rate`` / ``weight_decay``."""
+    from recbole_efficient.trainer import build_optimizer as trainer_optimizer
+
+    return trainer_optimizer(model, config["learner"], config["learning_rate"],
+                             config["weight_decay"])
 
 
 def make_batch(config, batch_size, seq_len, n_items, train_mode="augmented", train=True,

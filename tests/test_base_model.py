@@ -139,3 +139,12 @@ def test_stream_limit_refuses_positions_past_max_length(tiny):
         lru.step(torch.tensor([7]), state)
     with pytest.raises(ValueError, match="build_state"):
         lru.build_state(torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]))
+
+
+def test_recbole_model_lookup_keeps_autograd_anomaly_mode_off():
+    """RecBole's SINE module switches anomaly detection on process-wide when imported."""
+    assert not torch.is_anomaly_enabled()
+    get_model("SASRec")
+    with pytest.raises(ValueError):
+        get_model("NoSuchRec")  # lists RecBole's models: imports every one of them
+    assert not torch.is_anomaly_enabled()

@@ -199,7 +199,7 @@ def test_streaming_covers_every_model_with_the_api(capsys):
     rows = streaming.main(["--lengths", "6", "9", "--hidden_size", "8", "--n_items", "20",
                            "--repeats", "1", "--warmup", "0", "--set", "n_heads=2"])
     assert {(r["model"], r["length"]) for r in rows} == \
-        {(m, L) for m in ("LRURec", "LinRec") for L in (6, 9)}
+        {(m, L) for m in ("LRURec", "LinRec", "ELASTIC") for L in (6, 9)}
     assert all(r["step_ms"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
     assert "| LinRec | 9 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="LinRecBERT has no streaming"):
