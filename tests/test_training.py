@@ -201,6 +201,20 @@ def test_resume_with_more_epochs_equals_the_longer_run(reference, tmp_path, monk
     assert longer["test_result"] == expected["test_result"]
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_resumes_exactly(tiny, name):
+    """Each model's optimiser state (LazyAdam chains included) and RNG use survive a resume."""
+    _, cfg = tiny
+    full = run_recbole_efficient(name, TINY, read_cmd_line=False, config_dict=cfg(epochs=3))
+    part = run_recbole_efficient(name, TINY, read_cmd_line=False, config_dict=cfg(epochs=1))
+    resumed = run_recbole_efficient(resume=Path(part["saved_model_file"]).parent,
+                                    read_cmd_line=False, config_dict={"epochs": 3})
+    assert resumed["train_losses"] == full["train_losses"]
+    assert resumed["test_result"] == full["test_result"]
+    assert _same_weights(Path(resumed["saved_model_file"]).parent / "latest.pth",
+                         Path(full["saved_model_file"]).parent / "latest.pth")
+
+
 def test_bad_resume_input(tmp_path, reference):
     _, expected = reference
     with pytest.raises(FileNotFoundError, match="no such checkpoint or run folder"):
