@@ -44,7 +44,11 @@ class Config(RecBoleConfig):
         compat.install_builtin_aliases()
 
     def _load_cmd_line(self):
-        return super()._load_cmd_line() if self._read_cmd_line else {}
+        if not self._read_cmd_line:
+            return {}
+        cmd = super()._load_cmd_line()
+        cmd.pop("resume", None)  # a flag of run_recbole_efficient.py, not a setting of the run
+        return cmd
 
     def _get_model_and_dataset(self, model, dataset):
         from recbole_efficient.utils import get_model

@@ -29,6 +29,9 @@ class ConfigError(ValueError):
             super().__init__("invalid configuration:"
                              + "".join(f"\n  - {p}" for p in self.problems))
 
+    def __reduce__(self):  # pickled across processes (Ray trials) with its problems intact
+        return type(self), (self.problems,)
+
 
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
