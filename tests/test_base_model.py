@@ -139,3 +139,46 @@ def test_stream_limit_refuses_positions_past_max_length(tiny):
         lru.step(torch.tensor([7]), state)
     with pytest.raises(ValueError, match="build_state"):
         lru.build_state(torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]))
+
+
+OUR_MODELS = sorted(__import__("recbole_efficient").MODELS)
+
+
+def padded_batch(n_items=30, width=8, lengths=(8, 5, 1, 3), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, n_items, (len(lengths), width), generator=gen)
+    lengths = torch.tensor(lengths)
+    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
+    return seq, lengths
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_lean_encode_last_equals_full_gather(tiny, name):
+    """The lean scoring path (last layer at the last real position only) is exact."""
+    _, model = make_model(tiny, name=name, n_layers=2)
+    seq, lengths = padded_batch()
+    full = model.gather_indexes(model.encode(seq, lengths), lengths - 1)
+    torch.testing.assert_close(model.encode_last(seq, lengths), full, atol=1e-5, rtol=1e-5)
+    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
+    torch.testing.assert_close(model.full_sort_predict(inter), model.logits(full),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_drop_sequence_mixer_leaves_position_wise_model(tiny, name):
+    """The floor: no position sees another one, and nothing but the mixer was removed."""
+    config, model = make_model(tiny, name=name, n_layers=2)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert model.drop_sequence_mixer() is model
+    assert sum(p.numel() for p in model.parameters()) < n_params
+    seq, lengths = padded_batch(lengths=(8, 8, 8, 8))
+    changed = seq.clone()
+    changed[:, ::2] = (seq[:, ::2] % 29) + 1  # every other position
+    out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
+    torch.testing.assert_close(out[:, 1::2], out2[:, 1::2], atol=0, rtol=0)
+    assert not torch.allclose(out[:, ::2], out2[:, ::2])
+    torch.testing.assert_close(model.encode_last(seq, lengths), out[:, -1])
+    model.train()
+    inter = Interaction({"item_id_list": seq, "item_length": lengths,
+                         target_list_field(config): changed, "item_id": changed[:, -1]})
+    model.calculate_loss(inter).backward()
