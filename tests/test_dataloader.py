@@ -1,0 +1,133 @@
+"""No compute on padding: trimmed batches, length buckets, and that neither changes results."""
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.interaction import Interaction
+
+from recbole_efficient import MODELS, Config, create_dataset, get_model
+from recbole_efficient.data import data_preparation
+from recbole_efficient.data import dataloader as ours
+
+from conftest import TINY
+
+WIDTH = 50  # longer than most tiny histories: rows of many lengths, lots of padding
+
+
+def loaders(cfg, model="SoftmaxSASRec", prepare=data_preparation, **overrides):
+    overrides = {"MAX_ITEM_LIST_LENGTH": WIDTH, "train_batch_size": 4, **overrides}
+    config = Config(model=model, dataset=TINY, read_cmd_line=False, config_dict=cfg(**overrides))
+    return config, prepare(config, create_dataset(config))
+
+
+def rows(batches, config):
+    """Every row of the batches as (user, length, real items), a multiset."""
+    out = Counter()
+    for inter in batches:
+        for u, n, seq in zip(inter["user_id"].tolist(), inter["item_length"].tolist(),
+                             inter["item_id_list"].tolist()):
+            out[(u, n, tuple(seq[:n]))] += 1
+    return out
+
+
+def assert_trimmed(inter, fields):
+    width = int(inter["item_length"].max())
+    present = [field for field in fields if field in inter]
+    assert "item_id_list" in present
+    for field in present:
+        assert inter[field].size(1) == width, field
+
+
+def test_every_batch_is_cut_to_its_longest_row(tiny):
+    _, cfg = tiny
+    config, (train, valid, test) = loaders(cfg)
+    _, (rb_train, rb_valid, rb_test) = loaders(cfg, prepare=recbole_data_preparation)
+    assert type(train) is ours.TrainDataLoader and type(valid) is ours.FullSortEvalDataLoader
+    fields = ours.per_position_fields(train._dataset)
+    assert {"item_id_list", "item_id_target_list", "timestamp_list"} <= set(fields)
+    for inter in train:
+        assert_trimmed(inter, fields)
+    for mine, theirs in [(valid, rb_valid), (test, rb_test)]:
+        for (a, *rest_a), (b, *rest_b) in zip(mine, theirs):
+            assert_trimmed(a, ["item_id_list"])
+            width = a["item_id_list"].size(1)
+            assert width < WIDTH
+            assert torch.equal(a["item_id_list"], b["item_id_list"][:, :width])
+            assert not b["item_id_list"][:, width:].any()  # only padding was cut
+            assert all(torch.equal(x, y) for x, y in zip(rest_a[1:], rest_b[1:]))
+
+
+def test_length_buckets_visit_every_row_once_per_epoch(tiny):
+    _, cfg = tiny
+    config, (train, _, _) = loaders(cfg)
+    assert train.bucketed
+    expected = rows([train._dataset.inter_feat], config)
+    sorted_lengths = sorted(train._dataset.inter_feat["item_length"].tolist())
+    step = config["train_batch_size"]
+    buckets = Counter(tuple(sorted_lengths[i:i + step]) for i in range(0, len(sorted_lengths), step))
+    epochs = []
+    for _ in range(2):
+        batches = list(train)
+        assert len(batches) == len(train)
+        assert rows(batches, config) == expected  # each row exactly once
+        # rows of similar length share a batch: the batches are the sorted lengths, cut
+        assert Counter(tuple(sorted(b["item_length"].tolist())) for b in batches) == buckets
+        epochs.append([b["item_length"].tolist() for b in batches])
+    assert epochs[0] != epochs[1]  # batches in a new random order every epoch
+
+
+def test_bucketing_off_keeps_recbole_order(tiny):
+    _, cfg = tiny
+    _, (train, _, _) = loaders(cfg, bucket_by_length=False)
+    _, (rb_train, _, _) = loaders(cfg, bucket_by_length=False, prepare=recbole_data_preparation)
+    assert not train.bucketed
+    for a, b in zip(train, rb_train):
+        width = a["item_id_list"].size(1)
+        assert torch.equal(a["item_id_list"], b["item_id_list"][:, :width])
+    # RecBole's augmented protocol keeps RecBole's order too (batches are still trimmed)
+    _, (aug, _, _) = loaders(cfg, train_mode="augmented")
+    assert not aug.bucketed
+
+
+def test_recbole_models_keep_recbole_loaders(tiny):
+    _, cfg = tiny
+    _, built = loaders(cfg, model="SASRec", train_mode="augmented", train_neg_sample_args=None)
+    assert [type(loader).__module__.split(".")[0] for loader in built] == ["recbole"] * 3
+
+
+def repadded(inter, fields):
+    """The batch as RecBole gives it: list fields padded back to WIDTH."""
+    data = dict(inter.interaction)
+    for field in fields:
+        if field in data:
+            value = data[field]
+            data[field] = F.pad(value, [0, 0] * (value.dim() - 2) + [0, WIDTH - value.size(1)])
+    return Interaction(data)
+
+
+@pytest.mark.parametrize("train_mode", ["all_positions", "augmented"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_trimmed_and_untrimmed_batches_give_identical_losses_and_scores(tiny, name, train_mode):
+    _, cfg = tiny
+    config, (train, valid, _) = loaders(cfg, model=name, train_mode=train_mode, n_layers=2,
+                                        eval_args={"split": {"LS": "valid_and_test"},
+                                                   "order": "TO", "mode": "uni100"})
+    torch.manual_seed(0)
+    model = get_model(name)(config, train._dataset).eval()  # eval: no dropout
+    fields = ours.per_position_fields(train._dataset)
+    for inter in list(train)[:4]:
+        trimmed = model.calculate_loss(inter)
+        full = model.calculate_loss(repadded(inter, fields))
+        torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-6)
+    for inter, *_ in list(valid)[:2]:
+        assert inter["item_id_list"].size(1) < WIDTH
+        torch.testing.assert_close(model.predict(inter),
+                                   model.predict(repadded(inter, fields)),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.full_sort_predict(inter),
+                                   model.full_sort_predict(repadded(inter, fields)),
+                                   atol=1e-5, rtol=1e-5)
+
