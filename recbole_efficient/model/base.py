@@ -114,8 +114,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
 
     def logits(self, hidden):
         weight, bias = self.output_embedding()
-        out = hidden @ weight.t()
-        return out + bias if bias is not None else out
+        return F.linear(hidden, weight, bias)  # the bias is added inside the matmul
 
     def _item_scores(self, hidden, items):
         weight, bias = self.output_embedding()
