@@ -17,6 +17,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_efficient.data.dataset import target_list_field
+from recbole_efficient.kernels.cross_entropy import linear_cross_entropy
 from recbole_efficient.validation import EFFICIENT_SPEC
 
 
@@ -150,7 +151,8 @@ class EfficientSequentialRecommender(SequentialRecommender):
             clash = neg == targets
             neg[clash] = (neg[clash] % (self.n_items - 1)) + 1
             return self.bpr_loss(self._item_scores(hidden, targets), self._item_scores(hidden, neg))
-        return F.cross_entropy(self.logits(hidden), targets)
+        weight, bias = self.output_embedding()
+        return linear_cross_entropy(hidden, weight, bias, targets)
 
     def predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
