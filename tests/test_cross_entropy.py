@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from recbole_efficient.kernels import cross_entropy
 from recbole_efficient.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_naive
 
 
@@ -16,9 +17,12 @@ def _inputs(n, n_items, d, bias, dtype=torch.float64, seed=0):
     return hidden, weight, b, targets
 
 
+@pytest.mark.parametrize("block_elements", [None, 120])  # one block; blocks of 2 rows
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("n", [1, 37])
-def test_fused_matches_naive_values_and_gradients(n, bias):
+def test_fused_matches_naive_values_and_gradients(n, bias, block_elements, monkeypatch):
+    if block_elements:
+        monkeypatch.setattr(cross_entropy, "_BLOCK_ELEMENTS", block_elements)
     hidden, weight, b, targets = _inputs(n, 50, 8, bias)
     results = []
     for fn in (linear_cross_entropy, linear_cross_entropy_naive):
