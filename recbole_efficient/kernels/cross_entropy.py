@@ -38,7 +38,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets):
         logits = F.linear(hidden, weight, bias)
         rows = _row_blocks(logits.size(1))
-        lse = torch.cat([torch.logsumexp(block, 1) for block in logits.split(rows)])
+        lse = logits.new_empty(logits.size(0))
+        buffer = logits.new_empty(min(rows, logits.size(0)), logits.size(1))
+        for block, block_lse in zip(logits.split(rows), lse.split(rows)):
+            top = block.amax(1, keepdim=True)
+            exp = torch.sub(block, top, out=buffer[:len(block)]).exp_()
+            torch.add(exp.sum(1).log_(), top[:, 0], out=block_lse)
         loss = (lse - logits.gather(1, targets[:, None])[:, 0]).mean()
         ctx.has_bias = bias is not None
         # backward overwrites `logits`: a second backward fails autograd's version check.
@@ -60,7 +65,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         accumulate=True)
         grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
         grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = sum(block.sum(0) for block in grad.split(rows))
         return grad_hidden, grad_weight, grad_bias, None
 
 
