@@ -94,11 +94,10 @@ def _chunked_scan(lamb, u, h0=None, reverse=False):
         else:
             torch.addcmul(o4[:, prev, last], carry[:, prev], lamb_c, out=carry[:, k])
         prev = k
-    if h0 is None:  # the first chunk has no carry
-        skip = slice(0, n_chunks - 1) if reverse else slice(1, n_chunks)
-        o4[:, skip] += powers * carry[:, skip, None]
-    else:
-        o4 += powers * carry[:, :, None]
+    # Without h0 the first chunk in scan order has no carry.
+    carried = slice(None) if h0 is not None else \
+        slice(0, n_chunks - 1) if reverse else slice(1, n_chunks)
+    o4[:, carried].addcmul_(powers, carry[:, carried, None])
 
     # Left-over steps, continuing from the state after the last chunk.
     h = o4[:, order[-1], last]
@@ -127,9 +126,9 @@ class _LRUScan(torch.autograd.Function):
         grad_lamb = grad_h0 = None
         if ctx.needs_input_grad[0]:
             # dL/dlamb = sum_t g_t * conj(h_{t-1}), h_{-1} = h0.
-            grad_lamb = torch.linalg.vecdot(h[:, :-1], g[:, 1:], dim=1).sum(0)
+            grad_lamb = (g[:, 1:] * h[:, :-1].conj()).sum((0, 1))
             if h0 is not None:
-                grad_lamb = grad_lamb + torch.linalg.vecdot(h0, g[:, 0], dim=0)
+                grad_lamb = grad_lamb + (g[:, 0] * h0.conj()).sum(0)
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = lamb.conj() * g[:, 0]
         return grad_lamb, g if ctx.needs_input_grad[1] else None, grad_h0
