@@ -158,6 +158,9 @@ def build_parser():
                    help="skip a point (status too_slow) whose warmup+repeats would exceed this, "
                         "and the larger lengths of that model and setting; 0: no limit")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (CPU device only), "
+                        "steadier on a machine shared with other jobs")
     p.add_argument("--cpu_memory", choices=["profiler", "rss", "none"], default="profiler",
                    help="how peak memory is measured on CPU (see benchmarks/common.py)")
     p.add_argument("--threads", type=int, default=1,
@@ -201,6 +204,8 @@ def parse_args(argv=None):
                         and floor_label(v) not in labels else [v.label])]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        parser.error("--clock cpu measures CPU work; use --clock wall with --device cuda")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     args.lengths = sorted(set(args.lengths))
@@ -348,7 +353,7 @@ class EfficiencyBenchmark:
             for name in list(active):
                 res = outcome[name]
                 try:
-                    t = C.timed(calls[name], self.device)
+                    t = C.timed(calls[name], self.device, self.args.clock)
                 except Exception as err:  # noqa: BLE001
                     res.update(status="oom" if C.is_oom(err) else "error",
                                note=f"{type(err).__name__}: {err}"[:300])
@@ -586,7 +591,8 @@ def markdown_report(results):
         + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
         + (", " + ", ".join(f"{k}={v}" for k, v in args["extra"]) if args["extra"] else "")
         + "; random full-length sequences (no padding)",
-        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls, "
+        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls "
+        f"({'CPU time of the process' if args.get('clock') == 'cpu' else 'wall clock'}), "
         "models interleaved call by call; a point is skipped (too slow) when its calls would "
         f"exceed {args['max_seconds_per_point']:g} s, and so are larger L of that model and setting",
         f"- peak memory: {mem_desc}",

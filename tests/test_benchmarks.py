@@ -198,7 +198,7 @@ def test_train_preset_end_to_end_reports_ratios_to_floors(tmp_path):
     results = efficiency.main([
         "--preset", "train", "--models", "SoftmaxSASRec", "LRURec", "SASRec", "--lengths", "8",
         "--tokens_per_batch", "32", "--n_items", "30", "--hidden_size", "8", "--repeats", "1",
-        "--warmup", "0", "--out", str(tmp_path)])
+        "--warmup", "0", "--clock", "cpu", "--out", str(tmp_path)])
     points = {p["model"]: p for p in results["points"]}
     assert set(points) == {"SoftmaxSASRec", "SoftmaxSASRec@floor", "LRURec", "LRURec@floor",
                            "SASRec"}
@@ -209,6 +209,7 @@ def test_train_preset_end_to_end_reports_ratios_to_floors(tmp_path):
     assert "| SoftmaxSASRec |" in section and "| LRURec |" in section
     assert "| SASRec |" not in section and "@floor |" not in section
     assert "Time per token (µs)" in md and "relative to SASRec" in md
+    assert "(CPU time of the process)" in md
     _assert_tables_well_formed(md)
 
 
