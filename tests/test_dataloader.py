@@ -87,9 +87,12 @@ def test_bucketing_off_keeps_recbole_order(tiny):
     for a, b in zip(train, rb_train):
         width = a["item_id_list"].size(1)
         assert torch.equal(a["item_id_list"], b["item_id_list"][:, :width])
-    # RecBole's augmented protocol keeps RecBole's order too (batches are still trimmed)
+    # RecBole's augmented training batches stay RecBole's, untrimmed (same dropout draws)
     _, (aug, _, _) = loaders(cfg, train_mode="augmented")
+    _, (rb_aug, _, _) = loaders(cfg, train_mode="augmented", prepare=recbole_data_preparation)
     assert not aug.bucketed
+    for a, b in zip(aug, rb_aug):
+        assert all(torch.equal(a[k], b[k]) for k in b.interaction)
 
 
 def test_recbole_models_keep_recbole_loaders(tiny):
@@ -131,3 +134,18 @@ def test_trimmed_and_untrimmed_batches_give_identical_losses_and_scores(tiny, na
                                    model.full_sort_predict(repadded(inter, fields)),
                                    atol=1e-5, rtol=1e-5)
 
+
+
+def test_augmented_softmax_sasrec_still_trains_exactly_like_recbole_sasrec(tiny):
+    """Trimmed evaluation and the lean scoring path change no metric, and augmented training
+    batches are left alone (a trimmed batch would draw fewer dropout numbers)."""
+    from recbole_efficient import run_recbole_efficient
+
+    _, cfg = tiny
+    results = [run_recbole_efficient(name, TINY, read_cmd_line=False, saved=False,
+                                     config_dict=cfg(epochs=2, train_mode="augmented",
+                                                     MAX_ITEM_LIST_LENGTH=WIDTH, n_layers=2,
+                                                     train_neg_sample_args=None))
+               for name in ("SoftmaxSASRec", "SASRec")]
+    assert results[0]["best_valid_result"] == results[1]["best_valid_result"]
+    assert results[0]["test_result"] == results[1]["test_result"]

@@ -2,14 +2,15 @@
 
 RecBole pads every sequence row to ``MAX_ITEM_LIST_LENGTH``. Our models' outputs at real
 positions do not depend on right padding (their absolute positions start at the left), so
-each batch is cut to its longest row: every per-position list field (one whose declared
-length is ``MAX_ITEM_LIST_LENGTH``: inputs, per-position targets, any other list a training
-mode adds) loses the columns beyond it. Training rows of modes with a loss at every position
-(``all_positions`` and later ones) are moreover drawn from length buckets (``bucket_by_length``):
-each epoch, rows sorted by length (ties in random order) are cut into batches of
-``train_batch_size`` rows, visited in random order, so every row is seen once per epoch and
-rows of similar length share a batch. ``augmented`` batches keep RecBole's order (our
-``SoftmaxSASRec`` then trains exactly like RecBole's ``SASRec``).
+evaluation batches and the training batches of modes with a loss at every position
+(``all_positions`` and later ones) are cut to their longest row: every per-position list
+field (one whose declared length is ``MAX_ITEM_LIST_LENGTH``: inputs, per-position targets,
+any other list a training mode adds) loses the columns beyond it. Those training rows are
+moreover drawn from length buckets (``bucket_by_length``): each epoch, rows sorted by length
+(ties in random order) are cut into batches of ``train_batch_size`` rows, visited in random
+order, so every row is seen once per epoch and rows of similar length share a batch.
+``augmented`` training batches stay exactly RecBole's: dropout then draws the same random
+numbers, and our ``SoftmaxSASRec`` trains exactly like RecBole's ``SASRec``.
 
 :func:`data_preparation` has RecBole's signature and returns these loaders for our models,
 RecBole's own loaders for RecBole's models.
@@ -58,9 +59,9 @@ def length_buckets(lengths, batch_size, generator):
 class _TrimPadding:
     """Mixin in front of a RecBole dataloader: every collated batch is trimmed."""
 
-    def _init_trimming(self, dataset):
+    def _init_trimming(self, dataset, enabled=True):
         self._length_field = dataset.item_list_length_field
-        self._trim_fields = per_position_fields(dataset)
+        self._trim_fields = per_position_fields(dataset) if enabled else []
 
     def collate_fn(self, index):
         batch = super().collate_fn(index)
@@ -70,15 +71,16 @@ class _TrimPadding:
 
 
 class TrainDataLoader(_TrimPadding, RecBoleTrainDataLoader):
-    """RecBole's ``TrainDataLoader`` with trimmed batches, drawn from length buckets when
-    ``bucketed`` (shuffled loaders of per-position training modes, ``bucket_by_length``)."""
+    """RecBole's ``TrainDataLoader``; in per-position training modes its batches are trimmed
+    and, when ``bucketed`` (shuffled, ``bucket_by_length``), drawn from length buckets."""
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
-        self._init_trimming(dataset)
+        per_position = (config["train_mode"] or "augmented") != "augmented"
+        self._init_trimming(dataset, enabled=per_position)
         # Multi-process training keeps RecBole's DistributedSampler (equal shares per rank).
-        self.bucketed = bool(shuffle and config["bucket_by_length"] and config["single_spec"]
-                             and (config["train_mode"] or "augmented") != "augmented")
+        self.bucketed = bool(per_position and shuffle and config["bucket_by_length"]
+                             and config["single_spec"])
         self._lengths = dataset.inter_feat[self._length_field] if self.bucketed else None
 
     def __iter__(self):
@@ -121,8 +123,8 @@ def _trims_padding(config):
 
 
 def data_preparation(config, dataset):
-    """RecBole's ``data_preparation``; for recbole_efficient models the three loaders trim
-    padding and the training loader draws from length buckets (see the module docstring)."""
+    """RecBole's ``data_preparation``; for recbole_efficient models the loaders trim padding
+    and the training loader draws from length buckets (see the module docstring)."""
     loaders = recbole_data_preparation(config, dataset)
     if not _trims_padding(config):
         return loaders
