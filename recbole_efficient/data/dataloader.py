@@ -7,8 +7,11 @@ evaluation batches and the training batches of modes with a loss at every positi
 field (one whose declared length is ``MAX_ITEM_LIST_LENGTH``: inputs, per-position targets,
 any other list a training mode adds) loses the columns beyond it. Those training rows are
 moreover drawn from length buckets (``bucket_by_length``): each epoch, rows sorted by length
-(ties in random order) are cut into batches of ``train_batch_size`` rows, visited in random
-order, so every row is seen once per epoch and rows of similar length share a batch.
+(ties in random order) are cut into batches of about ``train_batch_size`` x (mean row length)
+positions, visited in random order. Every row is seen once per epoch, rows of similar length
+share a batch, an epoch has about as many batches as without buckets, and as the loss is a mean
+over a batch's positions, every position keeps the weight it has in a mixed batch (batches
+of a fixed number of short rows would give each of their positions more weight).
 ``augmented`` training batches stay exactly RecBole's: dropout then draws the same random
 numbers, and our ``SoftmaxSASRec`` trains exactly like RecBole's ``SASRec``.
 
@@ -47,12 +50,22 @@ def trim_padding(interaction, length_field, fields):
     return interaction
 
 
+def _bucket_sizes(sorted_lengths, batch_size):
+    """Rows per batch for rows sorted by length: runs of about ``batch_size * mean length``
+    positions (a row joins the batch in which its first position falls)."""
+    sorted_lengths = sorted_lengths.double()
+    budget = batch_size * sorted_lengths.mean()
+    batch_of = ((sorted_lengths.cumsum(0) - sorted_lengths) / budget).long()
+    return [n for n in torch.bincount(batch_of).tolist() if n]
+
+
 def length_buckets(lengths, batch_size, generator):
     """Batches (lists of row indices) covering every row once: rows sorted by length, ties
-    in random order, cut into ``batch_size`` rows, batches in random order."""
+    in random order, cut into runs of about ``batch_size * lengths.mean()`` positions (about
+    as many batches as ``batch_size`` rows each would make), batches in random order."""
     shuffled = torch.randperm(len(lengths), generator=generator)
     order = shuffled[torch.argsort(lengths[shuffled], stable=True)]
-    batches = order.split(batch_size)
+    batches = order.split(_bucket_sizes(lengths[order], batch_size))
     return [batches[i].tolist() for i in torch.randperm(len(batches), generator=generator)]
 
 
@@ -82,6 +95,11 @@ class TrainDataLoader(_TrimPadding, RecBoleTrainDataLoader):
         self.bucketed = bool(per_position and shuffle and config["bucket_by_length"]
                              and config["single_spec"])
         self._lengths = dataset.inter_feat[self._length_field] if self.bucketed else None
+
+    def __len__(self):
+        if not self.bucketed:
+            return super().__len__()
+        return len(_bucket_sizes(self._lengths.sort().values, self.step))
 
     def __iter__(self):
         if not self.bucketed:
