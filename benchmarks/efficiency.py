@@ -178,7 +178,8 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.preset:
-        parser.set_defaults(**PRESETS[args.preset], out=str(DEFAULT_OUT.parent / f"efficiency_{args.preset}"))
+        out = DEFAULT_OUT.parent / f"efficiency_{args.preset}"
+        parser.set_defaults(**PRESETS[args.preset], out=str(out))
         args = parser.parse_args(argv)
         if args.models is None:
             from recbole_efficient.model import MODELS

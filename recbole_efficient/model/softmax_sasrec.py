@@ -100,8 +100,8 @@ class _NoAttention(nn.Module):
 def _attend(mha, query, keys, mask):
     """RecBole ``MultiHeadAttention`` ``mha`` for ``query [B, q, d]`` over ``keys [B, L, d]``
     with additive ``mask [B, 1, q, L]`` (the full layer is the case ``query = keys``)."""
-    def heads(t):
-        return t.view(*t.shape[:-1], mha.num_attention_heads, mha.attention_head_size).transpose(1, 2)
+    def heads(t):  # [B, n, d] -> [B, heads, n, head size]
+        return t.unflatten(-1, (mha.num_attention_heads, mha.attention_head_size)).transpose(1, 2)
 
     q, k, v = heads(mha.query(query)), heads(mha.key(keys)), heads(mha.value(keys))
     scores = q @ k.transpose(-1, -2) / mha.sqrt_attention_head_size + mask
