@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config", "SequentialDataset", "create_dataset", "data_preparation", "MODELS",
-    "EfficientSequentialRecommender", "Trainer", "get_model", "get_trainer", "load_data_and_model", "objective_function", "run",
-    "run_recbole_efficient", "model_config_files",
+    "EfficientSequentialRecommender", "Trainer", "get_model", "get_trainer", "load_data_and_model",
+    "objective_function", "run", "run_recbole_efficient", "model_config_files",
 ]
 
 
