@@ -5,14 +5,13 @@ from collections.abc import MutableMapping
 from logging import getLogger
 
 import torch.distributed as dist
-from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_efficient import distributed
 from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
 from recbole_efficient.config import Config
-from recbole_efficient.data import create_dataset
+from recbole_efficient.data import create_dataset, data_preparation
 from recbole_efficient.data.dataset import check_data_files
 from recbole_efficient.utils import get_model, get_trainer
 

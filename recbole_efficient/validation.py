@@ -240,6 +240,7 @@ COMMON_SPEC = (
     Int("eval_step", 0),  # 0: no validation (RecBole saves every epoch)
     Float("train_time_budget", 0, low_open=True, none_ok=True, example=300),
     Bool("exclude_history"),
+    Bool("bucket_by_length"),
     Bool("allow_download"),
     Bool("trust_checkpoint"),
     Int("seed", 0),
