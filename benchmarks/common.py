@@ -128,14 +128,18 @@ class SyntheticDataset:
         raise KeyError(f"SyntheticDataset has no field {field!r} (only item and user ids).")
 
 
-def build_model(name, max_len, n_items, overrides=None, train_mode=None, device="cpu", seed=0):
+def build_model(name, max_len, n_items, overrides=None, train_mode=None, device="cpu", seed=0,
+                floor=False):
     """``(model, config, info)`` for model ``name`` with ``MAX_ITEM_LIST_LENGTH = max_len``.
 
     ``n_items`` is the item vocabulary including the padding id 0 (``dataset.num(item)``).
-    ``train_mode`` applies to recbole_efficient models only (None: the model's yaml
-    default); RecBole models always train ``augmented``.
+    ``train_mode`` (None: the model's yaml default) is our models' training mode; RecBole's
+    models train ``augmented``, or with ``all_positions`` through :func:`recbole_all_positions_loss`
+    (``info["loss_fn"]``). ``floor``: the model with its sequence mixer removed
+    (``drop_sequence_mixer``), the floor its cost is compared with.
     """
     import recbole_efficient
+    from recbole_efficient.data.dataset import target_list_field
 
     efficient = is_efficient_model(name)
     if str(device).startswith("cuda"):
@@ -153,14 +157,23 @@ def build_model(name, max_len, n_items, overrides=None, train_mode=None, device=
                                       read_cmd_line=False)
     torch.manual_seed(seed)
     model = recbole_efficient.get_model(name)(config, SyntheticDataset(config, n_items))
+    if floor:
+        model.drop_sequence_mixer()
     model = model.to(device)
     if hasattr(model, "device"):  # RecBole models create some tensors on self.device
         model.device = torch.device(device)
     config["device"] = torch.device(device)
     mode = (config["train_mode"] or "augmented") if efficient else "augmented"
+    loss_fn = None
+    if not efficient and train_mode == "all_positions":
+        mode = "all_positions"
+        target = target_list_field(config)
+        loss_fn = lambda m, batch: recbole_all_positions_loss(m, batch, target)  # noqa: E731
     info = {
         "model": name,
         "train_mode": mode,
+        "loss_fn": loss_fn,
+        "floor": bool(floor),
         "n_params": sum(p.numel() for p in model.parameters()),
         "loss_type": config["loss_type"],
         "overrides": dict(overrides or {}),
@@ -169,20 +182,11 @@ def build_model(name, max_len, n_items, overrides=None, train_mode=None, device=
 
 
 def build_optimizer(model, config):
-    """The optimiser RecBole's trainer would build from ``learner`` / ``learning_rate``."""
-    lr = config["learning_rate"]
-    wd = config["weight_decay"] or 0.0
-    params = model.optimizer_groups(wd) if hasattr(model, "optimizer_groups") else model.parameters()
-    learner = str(config["learner"]).lower()
-    if learner == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if learner == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if learner == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    if learner == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    """The optimiser our trainer builds from ``learner`` / ``learning_rate`` / ``weight_decay``."""
+    from recbole_efficient.trainer import build_optimizer as trainer_optimizer
+
+    return trainer_optimizer(model, config["learner"], config["learning_rate"],
+                             config["weight_decay"])
 
 
 def make_batch(config, batch_size, seq_len, n_items, train_mode="augmented", train=True,
@@ -190,8 +194,8 @@ def make_batch(config, batch_size, seq_len, n_items, train_mode="augmented", tra
     """Random full-length sequences (no padding) as an ``Interaction``.
 
     Training batches carry per-position targets (``all_positions``) or one target per row
-    (``augmented``, plus a negative item when ``loss_type`` is BPR); inference batches carry
-    only the sequence and its length.
+    (``augmented``, plus a negative item when ``loss_type`` is BPR; ``cloze`` models mask the
+    sequence itself and ignore it); inference batches carry only the sequence and its length.
     """
     from recbole.data.interaction import Interaction
 
@@ -214,12 +218,31 @@ def make_batch(config, batch_size, seq_len, n_items, train_mode="augmented", tra
     return Interaction(data).to(device)
 
 
-def train_step(model, optimizer, batch, clip_grad_norm=None):
+def recbole_all_positions_loss(model, batch, target_field):
+    """Next-item cross-entropy at every real position for a RecBole sequential model whose
+    ``forward`` ends by gathering the last position (SASRec, GRU4Rec, ...) and which scores
+    items by ``item_embedding``: the gather is made the identity for this call, and the loss
+    is our models' ``all_positions`` loss, so that only the encoders differ. Benchmark only."""
+    from recbole_efficient.kernels.cross_entropy import linear_cross_entropy
+
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    model.gather_indexes = lambda output, index: output  # shadows the method for this call
+    try:
+        hidden = model(seq, lengths)
+    finally:
+        del model.gather_indexes
+    mask = torch.arange(seq.size(1), device=seq.device)[None] < lengths[:, None]
+    return linear_cross_entropy(hidden[mask], model.item_embedding.weight, None,
+                                batch[target_field][mask])
+
+
+def train_step(model, optimizer, batch, clip_grad_norm=None, loss_fn=None):
     """One training step as RecBole's trainer runs it: forward, backward, optional gradient
-    clipping (the ``clip_grad_norm`` config dict), optimiser step."""
+    clipping (the ``clip_grad_norm`` config dict), optimiser step. ``loss_fn(model, batch)``
+    replaces ``model.calculate_loss``."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = model.calculate_loss(batch)
+    loss = loss_fn(model, batch) if loss_fn else model.calculate_loss(batch)
     if isinstance(loss, tuple):  # some RecBole models return several losses
         loss = sum(loss)
     loss.backward()
@@ -241,13 +264,16 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device="cpu"):
-    """Wall-clock seconds of ``fn()``, synchronised on CUDA."""
+def timed(fn, device="cpu", clock="wall"):
+    """Seconds of ``fn()``: wall clock (synchronised on CUDA), or with ``clock="cpu"`` the
+    CPU time of this process (user + system), which on a shared machine does not count the
+    time other processes hold the cores (CPU only)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def is_oom(err):
@@ -334,7 +360,7 @@ def _rss_worker(spec):
         torch.set_num_threads(spec["threads"])
     model, config, info = build_model(spec["model"], spec["max_len"], spec["n_items"],
                                       spec.get("overrides"), spec.get("train_mode"), "cpu",
-                                      spec.get("seed", 0))
+                                      spec.get("seed", 0), spec.get("floor", False))
     optimizer = build_optimizer(model, config)
     train_batch = make_batch(config, spec["batch_size"], spec["max_len"], spec["n_items"],
                              info["train_mode"], True)
@@ -342,7 +368,8 @@ def _rss_worker(spec):
                              info["train_mode"], False)
     out = {}
     clip = config["clip_grad_norm"]
-    for kind, fn in (("train", lambda: train_step(model, optimizer, train_batch, clip)),
+    for kind, fn in (("train", lambda: train_step(model, optimizer, train_batch, clip,
+                                                  info["loss_fn"])),
                      ("inference", lambda: inference_step(model, infer_batch))):
         try:
             fn()  # warm-up: optimiser state, lazy library initialisation

@@ -17,6 +17,19 @@ alike. Peak memory is what one call allocates on top of the memory that existed 
 on CPU and CUDA. Growth exponents are least-squares slopes in log-log space of the cost per
 sequence (figure / batch size) against L: 1 = linear, 2 = quadratic, in both settings.
 
+A ``--models`` entry is a model name, or a variant ``Name@item,item,...`` shown under that
+label: ``key=value`` items override config keys (``ELASTIC@use_imr=False``), ``floor`` removes
+the model's sequence mixer (``LRURec@floor``: ``drop_sequence_mixer``, leaving embeddings,
+feed-forward blocks and output layer). ``--floors`` adds the floor of every entry that has one
+and reports each model's cost relative to its floor, the number an efficient model pushes down.
+
+``--preset train``: the training setting of issue 10 (forward + backward + optimiser step,
+next-item cross-entropy over all 3,417 items at every position, hidden 64, 2 layers, 16,384
+tokens per batch, L in {200, 1000, 2000}); ``--preset inference``: batch 16, the whole history
+encoded, the last position scored against all items, no gradients. Both: every model of ours
+with its floor and RecBole's SASRec (trained at every position too, see
+``common.recbole_all_positions_loss``); any flag given explicitly wins over the preset.
+
 Outputs in ``--out``: efficiency.json (meta + raw points + exponents), efficiency.csv (raw
 points), efficiency.md (tables), efficiency_time.png and efficiency_memory.png.
 """
@@ -29,6 +42,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -44,6 +58,53 @@ RECBOLE_BASELINES = ("SASRec", "LightSANs", "GRU4Rec")
 SETTINGS = ("tokens", "batch")
 KINDS = ("train", "inference")
 STATUS_TEXT = {"too_slow": "too slow", "oom": "OOM", "error": "error", "skipped": "skipped"}
+_ISSUE_SIZES = {"lengths": [200, 1000, 2000], "n_items": 3417, "hidden_size": 64, "n_layers": 2,
+                "floors": True, "reference": "SASRec", "max_seconds_per_point": 0,
+                "cpu_memory": "none"}
+PRESETS = {
+    "train": dict(_ISSUE_SIZES, kinds=["train"], settings=["tokens"], tokens_per_batch=16384,
+                  train_mode="all_positions", warmup=1),
+    "inference": dict(_ISSUE_SIZES, kinds=["inference"], settings=["batch"], batch_size=16),
+}
+
+
+class Variant(NamedTuple):
+    """One ``--models`` entry: ``label`` as given, the model class name, config overrides and
+    whether the sequence mixer is removed."""
+
+    label: str
+    model: str
+    overrides: dict
+    floor: bool
+
+
+def parse_variant(text):
+    """``Name`` or ``Name@key=value,...,floor`` -> :class:`Variant` (ValueError if malformed)."""
+    model, _, spec = text.partition("@")
+    overrides, floor = {}, False
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item == "floor":
+            floor = True
+        elif "=" in item:
+            key, value = _key_value(item)
+            overrides[key] = value
+        else:
+            raise ValueError(f"{text!r}: variant items are key=value or 'floor', got {item!r}")
+    return Variant(text, model.strip(), overrides, floor)
+
+
+def floor_label(variant):
+    return variant.label + ("," if "@" in variant.label else "@") + "floor"
+
+
+def has_floor(model_name):
+    """Whether the model implements ``drop_sequence_mixer``."""
+    from recbole_efficient.model import EfficientSequentialRecommender
+    from recbole_efficient.utils import get_model
+
+    cls = get_model(model_name)
+    return isinstance(cls, type) and issubclass(cls, EfficientSequentialRecommender) and \
+        cls.drop_sequence_mixer is not EfficientSequentialRecommender.drop_sequence_mixer
 
 
 def default_models():
@@ -63,9 +124,16 @@ def _key_value(text):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="issue 10's training or inference setting (see the module docstring); "
+                        "explicit flags win")
     p.add_argument("--models", nargs="+", default=None,
-                   help="model class names (default: every recbole_efficient model, then "
-                        + ", ".join(RECBOLE_BASELINES) + ")")
+                   help="model class names or variants Name@key=value,...[,floor] (default: "
+                        "every recbole_efficient model, then " + ", ".join(RECBOLE_BASELINES)
+                        + "; with --preset: ours, then SASRec)")
+    p.add_argument("--floors", action="store_true",
+                   help="add each model's floor (Name@floor: sequence mixer removed) and report "
+                        "costs relative to it")
     p.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 500, 1000, 2000])
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
@@ -90,6 +158,9 @@ def build_parser():
                    help="skip a point (status too_slow) whose warmup+repeats would exceed this, "
                         "and the larger lengths of that model and setting; 0: no limit")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (CPU device only), "
+                        "steadier on a machine shared with other jobs")
     p.add_argument("--cpu_memory", choices=["profiler", "rss", "none"], default="profiler",
                    help="how peak memory is measured on CPU (see benchmarks/common.py)")
     p.add_argument("--threads", type=int, default=1,
@@ -106,16 +177,36 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.preset:
+        out = DEFAULT_OUT.parent / f"efficiency_{args.preset}"
+        parser.set_defaults(**PRESETS[args.preset], out=str(out))
+        args = parser.parse_args(argv)
+        if args.models is None:
+            from recbole_efficient.model import MODELS
+
+            args.models = list(MODELS) + ["SASRec"]
     args.models = args.models or default_models()
     from recbole_efficient.utils import get_model
 
-    for name in args.models:
+    variants = []
+    for text in args.models:
         try:
-            get_model(name)
+            variant = parse_variant(text)
+            get_model(variant.model)
         except ValueError as err:
             parser.error(str(err))
+        if variant.floor and not has_floor(variant.model):
+            parser.error(f"{text}: {variant.model} has no drop_sequence_mixer(), so no floor")
+        variants.append(variant)
+    if args.floors:  # each floor right after its model
+        labels = set(args.models)
+        args.models = [label for v in variants for label in
+                       ([v.label, floor_label(v)] if not v.floor and has_floor(v.model)
+                        and floor_label(v) not in labels else [v.label])]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        parser.error("--clock cpu measures CPU work; use --clock wall with --device cuda")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     args.lengths = sorted(set(args.lengths))
@@ -130,7 +221,9 @@ def batch_size_for(setting, seq_len, args):
     return args.batch_size
 
 
-def model_overrides(name, seq_len, args):
+def model_overrides(name, seq_len, args, variant_overrides=None):
+    """Config overrides of model ``name`` at length ``seq_len``: sizes and ``--set`` keys its
+    yaml defines, then a variant's own overrides."""
     extra = dict(args.extra)
     over = C.size_overrides(name, args.hidden_size, args.n_layers, extra)
     defaults = C.model_yaml_defaults(name)
@@ -138,6 +231,7 @@ def model_overrides(name, seq_len, args):
         k = over.get("k_interests", defaults["k_interests"])
         if k > seq_len:
             over["k_interests"] = seq_len
+    over.update(variant_overrides or {})
     return over
 
 
@@ -146,6 +240,7 @@ class EfficiencyBenchmark:
         self.args = args
         self.log = log
         self.device = torch.device(args.device)
+        self.variants = {label: parse_variant(label) for label in args.models}
         self.points = []
         self.model_info = {}
         self.stopped = {}    # (model, kind, setting) -> why larger lengths are skipped
@@ -173,10 +268,12 @@ class EfficiencyBenchmark:
         for name in self.args.models:
             if all((name, k, s) in self.stopped for k in self.args.kinds for s in self.args.settings):
                 continue
-            over = model_overrides(name, seq_len, self.args)
+            variant = self.variants[name]
+            over = model_overrides(variant.model, seq_len, self.args, variant.overrides)
             try:
-                model, config, info = C.build_model(name, seq_len, self.args.n_items, over,
-                                                    self.args.train_mode, self.device, self.args.seed)
+                model, config, info = C.build_model(variant.model, seq_len, self.args.n_items, over,
+                                                    self.args.train_mode, self.device,
+                                                    self.args.seed, floor=variant.floor)
                 optimizer = C.build_optimizer(model, config)
             except Exception as err:  # noqa: BLE001 - recorded as the point's status
                 errors[name] = f"{type(err).__name__}: {err}"[:300]
@@ -246,8 +343,8 @@ class EfficiencyBenchmark:
             data = C.make_batch(cfg, batch, seq_len, args.n_items, mode, kind == "train",
                                 self.device, args.seed)
             if kind == "train":
-                calls[name] = (lambda m=b["model"], o=b["optimizer"], d=data, c=b["clip"]:
-                               C.train_step(m, o, d, c))
+                calls[name] = (lambda m=b["model"], o=b["optimizer"], d=data, c=b["clip"],
+                               f=b["info"]["loss_fn"]: C.train_step(m, o, d, c, f))
             else:
                 calls[name] = lambda m=b["model"], d=data: C.inference_step(m, d)
             outcome[name] = {"status": "ok", "times": [], "elapsed": 0.0}
@@ -257,7 +354,7 @@ class EfficiencyBenchmark:
             for name in list(active):
                 res = outcome[name]
                 try:
-                    t = C.timed(calls[name], self.device)
+                    t = C.timed(calls[name], self.device, self.args.clock)
                 except Exception as err:  # noqa: BLE001
                     res.update(status="oom" if C.is_oom(err) else "error",
                                note=f"{type(err).__name__}: {err}"[:300])
@@ -297,10 +394,11 @@ class EfficiencyBenchmark:
                 return C.profiler_peak_bytes(call), "cpu_profiler_allocations"
             if args.cpu_memory == "rss":
                 b = built[name]
-                spec = {"model": name, "max_len": seq_len, "n_items": args.n_items,
-                        "batch_size": batch, "overrides": b["overrides"],
-                        "train_mode": args.train_mode, "seed": args.seed,
-                        "threads": args.threads}
+                spec = {"model": self.variants[name].model, "max_len": seq_len,
+                        "n_items": args.n_items, "batch_size": batch,
+                        "overrides": b["overrides"], "train_mode": args.train_mode,
+                        "seed": args.seed, "threads": args.threads,
+                        "floor": self.variants[name].floor}
                 key = (name, seq_len, batch)
                 cache = self.__dict__.setdefault("_rss_cache", {})
                 if key not in cache:  # one subprocess measures both kinds
@@ -442,26 +540,35 @@ def markdown_report(results):
             cols.append(f"L={L} (B={b})" if setting == "tokens" else f"L={L}")
         return cols
 
-    def table(kind, setting, fmt, exp_key, ratio=False):
-        head = ["model", "train_mode"] + header(setting) + ([] if ratio else ["exponent (all / last 2)"])
+    floors = {m: floor_label(parse_variant(m)) for m in models
+              if not parse_variant(m).floor and floor_label(parse_variant(m)) in models}
+
+    def table(kind, setting, fmt, exp_key, ratio=False, to=lambda m: ref, exponent=True):
+        exponent = exponent and not ratio
+        head = ["model", "train_mode"] + header(setting) + (["exponent (all / last 2)"]
+                                                            if exponent else [])
         rows = []
         for m in models:
+            if ratio and to(m) is None:
+                continue
             row = [m, modes[m]]
             for L in lengths:
                 p = index.get((m, kind, setting, L))
                 if ratio:
-                    r = index.get((ref, kind, setting, L))
+                    r = index.get((to(m), kind, setting, L))
                     ok = p and r and p["status"] == "ok" and r["status"] == "ok"
                     row.append(f"{p['time_s_median'] / r['time_s_median']:.2f}" if ok
                                else _cell(p, None) if p and p["status"] != "ok" else "")
                 else:
                     row.append(_cell(p, fmt(p) if p else None))
-            if not ratio:
+            if exponent:
                 row.append(exp_cell(m, kind, setting, exp_key))
             rows.append(row)
         return C.markdown_table(head, rows)
 
     t = lambda p: C.fmt_seconds_ms(p["time_s_median"])  # noqa: E731
+    per_token = lambda p: (None if p["time_s_median"] is None  # noqa: E731
+                           else f"{p['time_s_median'] / p['tokens'] * 1e6:.1f}")
     mem = lambda p: C.fmt_mib(p["peak_mem_bytes"])  # noqa: E731
     mem_desc = {
         "cpu_profiler_allocations": "peak of torch's CPU tensor allocations during the call "
@@ -485,7 +592,8 @@ def markdown_report(results):
         + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
         + (", " + ", ".join(f"{k}={v}" for k, v in args["extra"]) if args["extra"] else "")
         + "; random full-length sequences (no padding)",
-        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls, "
+        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls "
+        f"({'CPU time of the process' if args.get('clock') == 'cpu' else 'wall clock'}), "
         "models interleaved call by call; a point is skipped (too slow) when its calls would "
         f"exceed {args['max_seconds_per_point']:g} s, and so are larger L of that model and setting",
         f"- peak memory: {mem_desc}",
@@ -526,6 +634,14 @@ def markdown_report(results):
         for setting in args["settings"]:
             lines += ["", f"### {what} (ms), {_setting_title(setting, args)}", "",
                       table(kind, setting, t, "time_exponent")]
+        for setting in args["settings"]:
+            lines += ["", f"### Time per token (µs), {_setting_title(setting, args)}", "",
+                      table(kind, setting, per_token, None, exponent=False)]
+        if floors:
+            for setting in args["settings"]:
+                lines += ["", f"### {what} relative to the model's floor (its sequence mixer "
+                          f"removed), {_setting_title(setting, args)}", "",
+                          table(kind, setting, t, None, ratio=True, to=floors.get)]
         for setting in args["settings"]:
             lines += ["", f"### {what} relative to {ref}, {_setting_title(setting, args)}", "",
                       table(kind, setting, t, None, ratio=True)]

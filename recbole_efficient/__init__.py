@@ -8,7 +8,7 @@ from recbole_efficient import compat
 compat.install_numpy_aliases()
 
 from recbole_efficient.config import Config  # noqa: E402
-from recbole_efficient.data import SequentialDataset, create_dataset  # noqa: E402
+from recbole_efficient.data import SequentialDataset, create_dataset, data_preparation  # noqa: E402
 from recbole_efficient.model import MODELS, EfficientSequentialRecommender  # noqa: E402
 from recbole_efficient.trainer import Trainer  # noqa: E402
 from recbole_efficient.utils import get_model, get_trainer  # noqa: E402
@@ -18,13 +18,14 @@ from recbole_efficient.quick_start import (  # noqa: E402
     run,
     run_recbole_efficient,
 )
+from recbole_efficient.tune import tune_model  # noqa: E402  (imports Ray only when called)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "SequentialDataset", "create_dataset", "MODELS", "EfficientSequentialRecommender",
-    "Trainer", "get_model", "get_trainer", "load_data_and_model", "objective_function", "run",
-    "run_recbole_efficient", "model_config_files",
+    "Config", "SequentialDataset", "create_dataset", "data_preparation", "MODELS",
+    "EfficientSequentialRecommender", "Trainer", "get_model", "get_trainer", "load_data_and_model",
+    "objective_function", "run", "run_recbole_efficient", "tune_model", "model_config_files",
 ]
 
 

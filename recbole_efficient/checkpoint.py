@@ -1,16 +1,30 @@
-"""Checkpoints that load with ``torch.load(weights_only=True)``.
+"""Checkpoints that load with ``torch.load(weights_only=True)``, written atomically.
 
 RecBole pickles its whole ``Config`` object into every checkpoint, and unpickling can run
 arbitrary code. We store the config as plain data (the user's inputs plus the final values,
 both reduced to primitives) so the default load never unpickles Python objects.
+
+A training run writes into its own *run folder* ``<checkpoint_dir>/<Model>-<time>-<token>/``:
+``best.pth`` (the best validation state, RecBole's ``saved_model_file``) and ``latest.pth``
+(the state after the last completed epoch). Both hold the full training state, RNG states
+included, so either one resumes the run.
 """
 
 import enum
+import os
 import pickle
+import random
+import secrets
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
+from recbole.utils import get_local_time
 
 FORMAT = "recbole_efficient/1"
+BEST = "best.pth"
+LATEST = "latest.pth"
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -44,8 +58,78 @@ def config_state(config):
 
 
 def save_checkpoint(path, state):
-    state = dict(state, format=FORMAT)
-    torch.save(state, path)
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    A crash or Ctrl-C during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state, format=FORMAT), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def make_run_dir(checkpoint_dir, model_name):
+    """Create and return a new, unique run folder ``<Model>-<local time>-<random token>``.
+
+    The folder is created exclusively, so two runs started in the same second never share it.
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    while True:
+        path = Path(checkpoint_dir) / f"{model_name}-{get_local_time()}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def resume_file(path):
+    """The checkpoint to resume from: ``path`` itself, or a run folder's ``latest.pth``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (LATEST, BEST):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path} holds no {LATEST} or {BEST}: pass a run folder written by recbole_efficient "
+            "(saved/<Model>-<time>-<token>/) or one of its .pth files.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Nothing to resume at {path}: no such checkpoint or run folder.")
+    return path
+
+
+def rng_state(generator=None):
+    """Python, NumPy and torch (CPU, CUDA) RNG states, and ``generator``'s, as plain data."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_state(state, generator=None):
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
 
 
 def load_checkpoint(path, map_location="cpu", trust_checkpoint=False):

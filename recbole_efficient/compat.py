@@ -7,6 +7,8 @@ else in NumPy is touched. Importing :mod:`recbole_efficient` applies this in eve
 that imports it, Ray workers included.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 
 # NumPy 1 names removed in NumPy 2 -> what they were aliases of.
@@ -44,3 +46,18 @@ def install_builtin_aliases():
     for name, target in _BUILTIN_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
+
+
+@contextmanager
+def keep_autograd_anomaly_mode():
+    """Importing RecBole's model modules runs ``torch.autograd.set_detect_anomaly(True)`` (in
+    ``sequential_recommender/sine.py``), which slows every backward pass of the process many
+    times over and turns harmless NaNs into errors. Around such imports, keep the mode the
+    process had."""
+    import torch
+
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    try:
+        yield
+    finally:
+        torch.autograd.set_detect_anomaly(enabled, check_nan)

@@ -5,29 +5,90 @@ from collections.abc import MutableMapping
 from logging import getLogger
 
 import torch.distributed as dist
-from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_efficient.checkpoint import load_checkpoint
+from recbole_efficient import distributed
+from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
 from recbole_efficient.config import Config
-from recbole_efficient.data import create_dataset
+from recbole_efficient.data import create_dataset, data_preparation
+from recbole_efficient.data.dataset import check_data_files
 from recbole_efficient.utils import get_model, get_trainer
 
 
 def run_recbole_efficient(model=None, dataset=None, config_file_list=None, config_dict=None,
-                          saved=True, queue=None, read_cmd_line=True):
-    """Train, validate and test one model; returns RecBole's result dict."""
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                    config_dict=config_dict, read_cmd_line=read_cmd_line)
+                          saved=True, queue=None, read_cmd_line=True, resume=None):
+    """Train, validate and test one model; returns RecBole's result dict.
+
+    ``resume``: a checkpoint or run folder of an interrupted run; the run continues with its
+    saved settings (``config_dict`` and ``--key=value`` override them, e.g. more epochs) and
+    ends with the metrics the uninterrupted run would have had. Ctrl-C raises
+    :class:`~recbole_efficient.trainer.TrainingInterrupted` after the latest state is saved. A
+    NaN/inf loss stops training; the result's ``fault`` says why and its test metrics are those
+    of the best checkpoint so far (``None`` when there is none).
+    """
+    config = _config(model, dataset, config_file_list, config_dict, read_cmd_line, resume)
+    if not config["allow_download"]:
+        check_data_files(config)  # before the log and its config dump
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    distributed.init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset = create_dataset(config)
-    logger.info(dataset)
+    _, (train_data, valid_data, test_data), trainer = prepare_run(config)
+    if resume:
+        trainer.resume_checkpoint(resume)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+    test_result = None
+    if not trainer.fault or (saved and trainer.best_epoch is not None):
+        test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                       show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n"
+                + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+        "train_epoch_seconds": list(trainer.epoch_seconds),
+        "train_losses": [trainer.train_loss_dict[e] for e in sorted(trainer.train_loss_dict)],
+        "fault": trainer.fault,
+    }
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def _config(model, dataset, config_file_list, config_dict, read_cmd_line, resume):
+    """The run's Config; with ``resume``, the checkpoint's settings under the given ones."""
+    if not resume:
+        return Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                      config_dict=config_dict, read_cmd_line=read_cmd_line)
+    trust = bool((config_dict or {}).get("trust_checkpoint"))
+    return config_from_checkpoint(load_checkpoint(resume_file(resume), trust_checkpoint=trust),
+                                  config_dict, model=model, dataset=dataset,
+                                  config_file_list=config_file_list, read_cmd_line=read_cmd_line)
+
+
+def prepare_run(config, dataset=None):
+    """What one run needs, seeded as RecBole's ``run_recbole`` seeds it: the dataset (built
+    unless given), its three dataloaders, the model (FLOPs logged) inside a trainer.
+
+    Returns ``(dataset, (train_data, valid_data, test_data), trainer)``. The command line,
+    Ray Tune trials and ``objective_function`` all start here.
+    """
+    logger = getLogger()
+    if dataset is None:
+        dataset = create_dataset(config)
+        logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -41,30 +102,12 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         logger.info(set_color("FLOPs", "blue") + f": {flops}")
     except Exception as err:  # FLOPs are informative only; thop cannot trace every model
         logger.info(set_color("FLOPs", "blue") + f": not counted ({err.__class__.__name__})")
-
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
-    test_result = trainer.evaluate(test_data, load_best_model=saved,
-                                   show_progress=config["show_progress"])
+    return dataset, (train_data, valid_data, test_data), trainer
 
-    logger.info("The running environment of this training is as follows:\n"
-                + get_environment(config).draw())
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
-    result = {
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        "saved_model_file": trainer.saved_model_file if saved else None,
-        "train_epoch_seconds": list(trainer.epoch_seconds),
-    }
-    if not config["single_spec"]:
-        dist.destroy_process_group()
-    if config["local_rank"] == 0 and queue is not None:
-        queue.put(result)
-    return result
+
+#: Errors that mean bad input, reported as one line (the CLI exits with status 2).
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeCheckpointError)
 
 
 def _run_rank(rank, *args):
@@ -72,34 +115,61 @@ def _run_rank(rank, *args):
     if not isinstance(kwargs, MutableMapping):
         raise ValueError(f"last argument must be a dict, got {type(kwargs)}")
     kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_efficient(*args[:3], **kwargs)
+    try:
+        run_recbole_efficient(*args[:3], **kwargs)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)  # torch.multiprocessing stops the other ranks
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
-        world_size=-1, ip="localhost", port="5678", group_offset=0):
-    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers."""
+        world_size=-1, ip="localhost", port="5678", group_offset=0, resume=None):
+    """Like ``recbole.quick_start.run``: one process, or ``nproc`` spawned DDP workers.
+
+    With several processes, the configuration and the dataset files are checked here, once,
+    before any worker starts; a worker that stops on bad input exits with status 2 and
+    ``torch.multiprocessing.ProcessExitedException`` is raised here.
+    """
     if nproc == 1 and world_size <= 0:
         return run_recbole_efficient(model=model, dataset=dataset, config_file_list=config_file_list,
-                                     config_dict=config_dict, saved=saved)
+                                     config_dict=config_dict, saved=saved, resume=resume)
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
-    queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=port, nproc=nproc,
                        offset=group_offset)
+    config = _config(model, dataset, config_file_list, config_dict, True, resume)
+    distributed.check_devices(config)
+    if not config["allow_download"]:
+        check_data_files(config)
+    queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_run_rank, args=(model, dataset, config_file_list,
-                              {"config_dict": config_dict, "queue": queue}),
+                              {"config_dict": config_dict, "queue": queue, "resume": resume}),
              nprocs=nproc, join=True)
     return None if queue.empty() else queue.get()
 
 
-def config_from_checkpoint(checkpoint, config_dict=None):
-    """Rebuild the training Config from a checkpoint's plain-data config."""
+#: Inputs that describe the processes of a run, not the run itself (set again by ``run``).
+_PROCESS_KEYS = ("local_rank", "world_size", "nproc", "ip", "port", "offset")
+
+
+def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=None,
+                           config_file_list=None, read_cmd_line=False):
+    """Rebuild the training Config from a checkpoint's plain-data config.
+
+    ``config_dict`` (and the command line when ``read_cmd_line``) override the saved inputs;
+    ``model``/``dataset``, when given, must match the checkpoint's.
+    """
     saved = checkpoint["config"]
     if isinstance(saved, dict):
-        inputs = dict(saved["inputs"], **(config_dict or {}))
+        for key, given in (("model", model), ("dataset", dataset)):
+            if given is not None and given != saved[key]:
+                raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
+                                 f"{given}: drop --{key} when resuming, or give another checkpoint.")
+        inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
+        inputs.update(config_dict or {})
         return Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
-                      read_cmd_line=False)
+                      config_file_list=config_file_list, read_cmd_line=read_cmd_line)
     # A trusted RecBole-format checkpoint holds the Config object itself.
     for key, value in (config_dict or {}).items():
         saved[key] = value
@@ -131,18 +201,15 @@ def load_data_and_model(model_file, trust_checkpoint=False, config_dict=None):
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
-    """Objective for RecBole's ``HyperTuning`` and Ray Tune, resolving our models."""
+    """Objective for RecBole's ``HyperTuning``, resolving our models (Ray Tune sweeps:
+    :func:`recbole_efficient.tune.tune_model`)."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list,
                     read_cmd_line=False)
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     for hdlr in logger.handlers[:]:  # RecBole's objective silences per-trial logging too
         logger.removeHandler(hdlr)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, (train_data, valid_data, test_data), trainer = prepare_run(config)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False,
                                                       saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)

@@ -4,6 +4,7 @@ import importlib
 
 from recbole.utils import get_model as recbole_get_model
 
+from recbole_efficient.compat import keep_autograd_anomaly_mode
 from recbole_efficient.trainer import get_trainer
 
 __all__ = ["get_model", "get_trainer", "available_models"]
@@ -13,7 +14,8 @@ def available_models():
     """Our model names, then RecBole's sequential model names."""
     from recbole_efficient.model import MODELS
 
-    seq = importlib.import_module("recbole.model.sequential_recommender")
+    with keep_autograd_anomaly_mode():
+        seq = importlib.import_module("recbole.model.sequential_recommender")
     recbole_names = sorted(n for n, v in vars(seq).items() if isinstance(v, type) and n[0].isupper())
     return list(MODELS), recbole_names
 
@@ -25,7 +27,8 @@ def get_model(model_name):
     if model_name in MODELS:
         return MODELS[model_name]
     try:
-        return recbole_get_model(model_name)
+        with keep_autograd_anomaly_mode():
+            return recbole_get_model(model_name)
     except (ValueError, AttributeError, ImportError):  # exlib needs lightgbm/xgboost
         ours, theirs = available_models()
         raise ValueError(

@@ -8,12 +8,14 @@ lists every problem, one line each, with the key, the value, what is allowed and
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 __all__ = ["ConfigError", "Key", "Rule", "Int", "Float", "Prob", "Bool", "Choice",
-           "collect_spec", "validate", "COMMON_SPEC", "EFFICIENT_SPEC", "TRANSFORMER_SPEC"]
+           "collect_spec", "validate", "spec_keys", "likely_typos", "COMMON_SPEC", "EFFICIENT_SPEC",
+           "TRANSFORMER_SPEC", "BASELINE_SPECS"]
 
 
 class ConfigError(ValueError):
@@ -21,7 +23,14 @@ class ConfigError(ValueError):
 
     def __init__(self, problems):
         self.problems = list(problems)
-        super().__init__("invalid configuration:" + "".join(f"\n  - {p}" for p in self.problems))
+        if len(self.problems) == 1:
+            super().__init__(f"invalid configuration: {self.problems[0]}")
+        else:
+            super().__init__("invalid configuration:"
+                             + "".join(f"\n  - {p}" for p in self.problems))
+
+    def __reduce__(self):  # pickled across processes (Ray trials) with its problems intact
+        return type(self), (self.problems,)
 
 
 def _is_int(value):
@@ -36,7 +45,7 @@ def _is_real(value):
 class Key:
     """One config key: its type and allowed range or choices.
 
-    ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``dict``. ``low``/``high`` bound
+    ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``list`` or ``dict``. ``low``/``high`` bound
     numbers (``*_open`` excludes the bound), ``choices`` lists allowed strings (compared
     case-insensitively when ``nocase``), ``none_ok`` admits ``None``, ``example`` is a value
     shown in the fix when the model has no yaml default to suggest.
@@ -60,7 +69,7 @@ class Key:
             text = "one of " + ", ".join(map(str, self.choices))
         else:
             noun = {"int": "an integer", "float": "a number", "str": "a string",
-                    "dict": "a mapping"}[self.kind]
+                    "list": "a list", "dict": "a mapping"}[self.kind]
             lo = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
             hi = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
             if lo and hi and self.kind == "float":
@@ -83,6 +92,8 @@ class Key:
             ok = _is_real(value)
         elif self.kind == "str":
             ok = isinstance(value, str)
+        elif self.kind == "list":
+            ok = isinstance(value, (list, tuple))
         else:
             ok = isinstance(value, dict)
         if ok and self.choices:
@@ -133,13 +144,16 @@ class Rule:
 def collect_spec(model_class):
     """Every ``config_spec`` entry along ``model_class``'s MRO, most derived last (a later
     :class:`Key` of the same name replaces an earlier one)."""
+    specs = [cls.__dict__.get("config_spec", ()) for cls in reversed(getattr(model_class, "__mro__", ()))]
+    # RecBole's own models declare nothing; their keys are declared in BASELINE_SPECS.
+    if getattr(model_class, "__module__", "").startswith("recbole.model."):
+        specs.append(BASELINE_SPECS.get(model_class.__name__, ()))
     keys, rules = {}, []
-    for cls in reversed(getattr(model_class, "__mro__", ())):
-        for item in cls.__dict__.get("config_spec", ()):
-            if isinstance(item, Key):
-                keys[item.name] = item
-            else:
-                rules.append(item)
+    for item in (item for spec in specs for item in spec):
+        if isinstance(item, Key):
+            keys[item.name] = item
+        else:
+            rules.append(item)
     return keys, rules
 
 
@@ -188,6 +202,30 @@ def validate(cfg, model_class, extra_spec=(), defaults=None):
         raise ConfigError(problems)
 
 
+def spec_keys(spec):
+    """Names of the keys a spec (or a model class's collected spec) mentions."""
+    names = set()
+    for item in spec:
+        names.update([item.name] if isinstance(item, Key) else item.keys)
+    return names
+
+
+def likely_typos(given, known):
+    """``(key, known key it probably meant)`` for each unknown key of ``given`` that is close to
+    a known one (same name in another case, or a near spelling)."""
+    by_lower = {}
+    for name in sorted(known):
+        by_lower.setdefault(name.lower(), name)
+    found = []
+    for key in given:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
+        if close:
+            found.append((key, by_lower[close[0]]))
+    return found
+
+
 # -- shared declarations ------------------------------------------------------------------
 #: RecBole keys every model reads (baselines included).
 COMMON_SPEC = (
@@ -202,9 +240,87 @@ COMMON_SPEC = (
     Int("eval_step", 0),  # 0: no validation (RecBole saves every epoch)
     Float("train_time_budget", 0, low_open=True, none_ok=True, example=300),
     Bool("exclude_history"),
+    Bool("bucket_by_length"),
     Bool("allow_download"),
     Bool("trust_checkpoint"),
+    Int("seed", 0),
+    Bool("reproducibility"),
+    Bool("show_progress"),
+    Bool("save_dataset"),
+    Key("data_path", "str"),
+    Key("checkpoint_dir", "str"),
+    Key("clip_grad_norm", "dict", none_ok=True, example={"max_norm": 5.0}),
+    Key("eval_args", "dict"),
+    Key("train_neg_sample_args", "dict", none_ok=True),
+    Key("valid_metric", "str", example="NDCG@10"),
+    Int("metric_decimal_place", 0),
+    Int("worker", 0),
+    # Atomic files (read by recbole_efficient.data before RecBole loads them).
+    *(Key(name, "str", none_ok=True) for name in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD")),
+    *(Key(name, "str") for name in ("LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD", "NEG_PREFIX",
+                                    "field_separator", "seq_separator")),
+    Key("encoding", "str", none_ok=True),
+    Key("load_col", "dict", none_ok=True),
+    Key("benchmark_filename", "list", none_ok=True, example=["train", "valid", "test"]),
+    Choice("rm_dup_inter", ("first", "last"), none_ok=True),
+    Bool("normalize_all", none_ok=True),
+    Key("normalize_field", "list", none_ok=True),
+    Key("discretization", "dict", none_ok=True),
+    Rule(("metrics",), lambda c, m: _metric_problem(c["metrics"]) is None,
+         lambda c, m: _metric_problem(c["metrics"])),
+    Rule(("topk",), lambda c, m: _topk(c["topk"]) is not None,
+         "topk={topk!r} must be a positive integer or a list of them; e.g. --topk=[10,20]."),
+    Rule(("valid_metric", "metrics", "topk"),
+         # An invalid metrics/topk is reported on its own.
+         lambda c, m: not _result_keys(c) or c["valid_metric"].lower() in _result_keys(c),
+         lambda c, m: (f"valid_metric={c['valid_metric']!r} is not among the computed metrics "
+                       f"({', '.join(sorted(_result_keys(c)))}); pick one of them, or add it "
+                       "with --metrics / --topk.")),
 )
+
+
+def _metric_names(metrics):
+    return [metrics] if isinstance(metrics, str) else metrics
+
+
+def _metric_problem(metrics):
+    """What is wrong with RecBole's ``metrics`` value, or ``None``."""
+    from recbole.evaluator.register import metric_types
+
+    names = _metric_names(metrics)
+    if not isinstance(names, (list, tuple)) or not names \
+            or not all(isinstance(n, str) for n in names):
+        return f"metrics={metrics!r} must be a metric name or a list of them; e.g. --metrics=[NDCG,Hit]."
+    unknown = [n for n in names if n.lower() not in metric_types]
+    if unknown:
+        return (f"metrics={metrics!r}: unknown metric {', '.join(map(repr, unknown))}; known: "
+                f"{', '.join(sorted(metric_types))} (case-insensitive).")
+    if len({metric_types[n.lower()] for n in names}) > 1:
+        return (f"metrics={metrics!r} mixes ranking and value metrics, which RecBole cannot "
+                "compute together; keep one kind.")
+    return None
+
+
+def _topk(topk):
+    ks = [topk] if _is_int(topk) else topk
+    ok = isinstance(ks, (list, tuple)) and ks and all(_is_int(k) and k >= 1 for k in ks)
+    return list(ks) if ok else None
+
+
+def _result_keys(cfg):
+    """Lower-case names of the results RecBole's evaluator reports (``ndcg@10``, ``auc``)."""
+    from recbole.evaluator.register import metric_information
+
+    if _metric_problem(cfg["metrics"]) or _topk(cfg["topk"]) is None:
+        return set()
+    keys = set()
+    for name in (n.lower() for n in _metric_names(cfg["metrics"])):
+        per_k = any(need in ("rec.items", "rec.topk") for need in metric_information[name])
+        if per_k:
+            keys.update(f"{name}@{k}" for k in _topk(cfg["topk"]))
+        else:
+            keys.add(name)
+    return keys
 
 #: Keys of every recbole_efficient model.
 EFFICIENT_SPEC = (
@@ -227,3 +343,12 @@ TRANSFORMER_SPEC = (
          "hidden_size / n_heads features; choose n_heads among the divisors of hidden_size."),
 )
 
+
+#: RecBole's sequential baselines the README names, with the keys their code reads.
+BASELINE_SPECS = {
+    "SASRec": EFFICIENT_SPEC + TRANSFORMER_SPEC,
+    "BERT4Rec": EFFICIENT_SPEC + TRANSFORMER_SPEC + (Prob("mask_ratio"), Prob("ft_ratio")),
+    "LightSANs": EFFICIENT_SPEC + TRANSFORMER_SPEC + (Int("k_interests", 1),),
+    "GRU4Rec": (Int("embedding_size", 1), Int("hidden_size", 1), Int("num_layers", 1),
+                Prob("dropout_prob"), Choice("loss_type", ("CE", "BPR"))),
+}

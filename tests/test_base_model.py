@@ -139,3 +139,95 @@ def test_stream_limit_refuses_positions_past_max_length(tiny):
         lru.step(torch.tensor([7]), state)
     with pytest.raises(ValueError, match="build_state"):
         lru.build_state(torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]))
+
+
+def test_recbole_model_lookup_keeps_autograd_anomaly_mode_off():
+    """RecBole's SINE module switches anomaly detection on process-wide when imported."""
+    assert not torch.is_anomaly_enabled()
+    get_model("SASRec")
+    with pytest.raises(ValueError):
+        get_model("NoSuchRec")  # lists RecBole's models: imports every one of them
+    assert not torch.is_anomaly_enabled()
+
+
+OUR_MODELS = sorted(__import__("recbole_efficient").MODELS)
+
+
+def padded_batch(n_items=30, width=8, lengths=(8, 5, 1, 3), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, n_items, (len(lengths), width), generator=gen)
+    lengths = torch.tensor(lengths)
+    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
+    return seq, lengths
+
+
+@pytest.mark.parametrize("name", ["LRURec", "SoftmaxSASRec"])
+def test_lean_encode_last_equals_full_gather(tiny, name):
+    """The lean scoring path (last layer at the last real position only) is exact."""
+    _, model = make_model(tiny, name=name, n_layers=2)
+    seq, lengths = padded_batch()
+    full = model.gather_indexes(model.encode(seq, lengths), lengths - 1)
+    torch.testing.assert_close(model.encode_last(seq, lengths), full, atol=1e-5, rtol=1e-5)
+    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
+    torch.testing.assert_close(model.full_sort_predict(inter), model.logits(full),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_drop_sequence_mixer_leaves_position_wise_model(tiny, name):
+    """The floor: no position sees another one, and nothing but the mixer was removed."""
+    config, model = make_model(tiny, name=name, n_layers=2)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert model.drop_sequence_mixer() is model
+    assert sum(p.numel() for p in model.parameters()) < n_params
+    seq, lengths = padded_batch(lengths=(8, 8, 8, 8))
+    changed = seq.clone()
+    changed[:, ::2] = (seq[:, ::2] % 29) + 1  # every other position
+    out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
+    torch.testing.assert_close(out[:, 1::2], out2[:, 1::2], atol=0, rtol=0)
+    assert not torch.allclose(out[:, ::2], out2[:, ::2])
+    if model.causal:  # scored at the last real position
+        torch.testing.assert_close(model.encode_last(seq, lengths), out[:, -1])
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_mixed_precision_step_is_finite_and_close_to_fp32(tiny, name):
+    """CPU autocast (bf16) stands in for CUDA AMP: the loss and every gradient stay finite,
+    and the loss is the fp32 loss up to half-precision rounding (next-item loss at every
+    position; every model trains through RecBole's trainer with AMP in the test below)."""
+    if not get_model(name).causal:
+        pytest.skip(f"{name} does not train with a next-item loss at every position")
+    config, model = make_model(tiny, name=name, n_layers=2)
+    model.train()
+    seq, lengths = padded_batch()
+    inter = Interaction({"item_id_list": seq, "item_length": lengths,
+                         target_list_field(config): (seq % 29) + 1, "item_id": seq[:, 0]})
+    torch.manual_seed(1)
+    fp32 = model.calculate_loss(inter)
+    torch.manual_seed(1)  # same dropout masks
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.calculate_loss(inter)
+    mixed.backward()
+    assert torch.isfinite(mixed) and abs(mixed.item() - fp32.item()) < 0.05 * fp32.item()
+    for pname, p in model.named_parameters():
+        grad = p.grad.coalesce().values() if p.grad is not None and p.grad.is_sparse else p.grad
+        assert grad is None or torch.isfinite(grad).all(), pname
+
+
+def test_lru_state_stays_single_precision_under_autocast(tiny):
+    _, model = make_model(tiny, name="LRURec", n_layers=2)
+    seq, lengths = padded_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.blocks[0].lru.states(model.embed(seq))
+        scores = model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+    assert h.dtype == torch.complex64 and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_trainer_with_enable_amp_and_enable_scaler(tiny, name):
+    from recbole_efficient import run_recbole_efficient
+
+    _, cfg = tiny
+    result = run_recbole_efficient(name, TINY, read_cmd_line=False, saved=False,
+                                   config_dict=cfg(epochs=2, enable_amp=True, enable_scaler=True))
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1  # RecBole stops on a NaN loss

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import accuracy, common, efficiency  # noqa: E402
+from benchmarks import accuracy, common, efficiency, streaming  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -140,6 +140,79 @@ def test_efficiency_marks_too_slow_then_skips_larger_lengths(tmp_path):
     assert "too slow" in md and "skipped" in md
 
 
+# -- variants, floors and presets ---------------------------------------------------------------
+def test_model_variants_are_parsed():
+    v = efficiency.parse_variant("SoftmaxSASRec@n_heads=1, hidden_dropout_prob=0.1,floor")
+    assert v == efficiency.Variant("SoftmaxSASRec@n_heads=1, hidden_dropout_prob=0.1,floor",
+                                   "SoftmaxSASRec", {"n_heads": 1, "hidden_dropout_prob": 0.1},
+                                   True)
+    assert efficiency.parse_variant("LRURec") == efficiency.Variant("LRURec", "LRURec", {}, False)
+    with pytest.raises(ValueError, match="key=value or 'floor'"):
+        efficiency.parse_variant("LRURec@fast")
+    with pytest.raises(SystemExit):  # RecBole's models have no floor
+        efficiency.parse_args(["--models", "SASRec@floor"])
+
+
+def test_floors_follow_their_models_and_presets_are_defaults():
+    args = efficiency.parse_args(["--models", "LRURec@n_layers=1", "SASRec", "--floors"])
+    assert args.models == ["LRURec@n_layers=1", "LRURec@n_layers=1,floor", "SASRec"]
+    args = efficiency.parse_args(["--preset", "train"])
+    assert (args.kinds, args.settings, args.tokens_per_batch, args.lengths, args.n_items,
+            args.hidden_size, args.n_layers, args.train_mode) == \
+        (["train"], ["tokens"], 16384, [200, 1000, 2000], 3417, 64, 2, "all_positions")
+    assert args.models[-1] == "SASRec" and args.reference == "SASRec"
+    assert "LRURec@floor" in args.models and "SoftmaxSASRec@floor" in args.models
+    assert args.out.endswith("efficiency_train")
+    args = efficiency.parse_args(["--preset", "inference", "--lengths", "8", "--batch_size", "2"])
+    assert (args.kinds, args.settings, args.lengths, args.batch_size) == \
+        (["inference"], ["batch"], [8], 2)
+
+
+def test_recbole_all_positions_loss_equals_ours_for_the_same_weights():
+    """RecBole's SASRec trained at every position (benchmark adapter) == SoftmaxSASRec."""
+    ours_model, config, info = common.build_model("SoftmaxSASRec", 6, 30, {"hidden_size": 8})
+    theirs, _, theirs_info = common.build_model("SASRec", 6, 30, {"hidden_size": 8},
+                                                train_mode="all_positions")
+    assert theirs_info["train_mode"] == "all_positions" and info["loss_fn"] is None
+    theirs.load_state_dict(ours_model.state_dict())
+    batch = common.make_batch(config, 3, 6, 30, "all_positions")
+    batch["item_length"][1] = 2  # a padded row
+    ours_model.eval(), theirs.eval()
+    torch.testing.assert_close(theirs_info["loss_fn"](theirs, batch),
+                               ours_model.calculate_loss(batch))
+    assert theirs.full_sort_predict(batch).shape == (3, 30)  # the gather is back
+
+
+def test_floor_models_build_and_step():
+    model, config, info = common.build_model("LRURec", 6, 30, {"hidden_size": 8}, floor=True)
+    full, _, _ = common.build_model("LRURec", 6, 30, {"hidden_size": 8})
+    assert info["floor"] and info["n_params"] < sum(p.numel() for p in full.parameters())
+    optimizer = common.build_optimizer(model, config)
+    common.train_step(model, optimizer, common.make_batch(config, 2, 6, 30, "all_positions"),
+                      config["clip_grad_norm"])
+    assert common.inference_step(model, common.make_batch(config, 2, 6, 30, train=False)).shape \
+        == (2, 30)
+
+
+def test_train_preset_end_to_end_reports_ratios_to_floors(tmp_path):
+    results = efficiency.main([
+        "--preset", "train", "--models", "SoftmaxSASRec", "LRURec", "SASRec", "--lengths", "8",
+        "--tokens_per_batch", "32", "--n_items", "30", "--hidden_size", "8", "--repeats", "1",
+        "--warmup", "0", "--clock", "cpu", "--out", str(tmp_path)])
+    points = {p["model"]: p for p in results["points"]}
+    assert set(points) == {"SoftmaxSASRec", "SoftmaxSASRec@floor", "LRURec", "LRURec@floor",
+                           "SASRec"}
+    assert all(p["status"] == "ok" and p["train_mode"] == "all_positions"
+               for p in points.values())
+    md = (tmp_path / "efficiency.md").read_text()
+    section = md.split("relative to the model's floor")[1].split("###")[0]
+    assert "| SoftmaxSASRec |" in section and "| LRURec |" in section
+    assert "| SASRec |" not in section and "@floor |" not in section
+    assert "Time per token (µs)" in md and "relative to SASRec" in md
+    assert "(CPU time of the process)" in md
+    _assert_tables_well_formed(md)
+
+
 # -- accuracy --------------------------------------------------------------------------------
 def test_accuracy_overrides_are_parsed():
     args = accuracy.parse_args(["--models", "SASRec", "--MAX_ITEM_LIST_LENGTH=20",
@@ -192,3 +265,15 @@ def test_accuracy_one_epoch_on_tiny_dataset(tiny):
     assert rows[0]["epochs"] == 1 and 0 <= rows[0]["ndcg@10"] <= 1
     assert (out / "accuracy.md").is_file() and (out / "logs" / "SoftmaxSASRec.log").is_file()
     assert not (root / "log").exists() and not (root / "saved").exists()  # ran in a temp dir
+
+
+# -- streaming -------------------------------------------------------------------------------
+def test_streaming_covers_every_model_with_the_api(capsys):
+    rows = streaming.main(["--lengths", "6", "9", "--hidden_size", "8", "--n_items", "20",
+                           "--repeats", "1", "--warmup", "0", "--set", "n_heads=2"])
+    assert {(r["model"], r["length"]) for r in rows} == \
+        {(m, L) for m in ("LRURec", "LinRec", "ELASTIC") for L in (6, 9)}
+    assert all(r["step_ms"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
+    assert "| LinRec | 9 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="LinRecBERT has no streaming"):
+        streaming.main(["--models", "LinRecBERT", "--lengths", "4", "--hidden_size", "8"])

@@ -25,25 +25,36 @@ def _inputs(length, dtype, seed=0, batch=B, hidden=H):
     return lamb, u, h0
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 7, 8, 50, 129, 200])
-def test_parallel_matches_naive_complex64(length):
-    lamb, u, _ = _inputs(length, torch.complex64, seed=length)
+LENGTHS = [1, 7, 200, 1000, 4097]  # one step, shorter than a chunk, chunks + left-over steps
+
+
+@pytest.mark.parametrize("length", LENGTHS + [2, 3, 8, 16, 17, 129])
+def test_fast_matches_naive_complex64(length):
+    lamb, u, h0 = _inputs(length, torch.complex64, seed=length)
     out = lru_scan(lamb, u)
     assert out.shape == (B, length, H) and out.dtype == torch.complex64
     torch.testing.assert_close(out, lru_scan_naive(lamb, u), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lru_scan(lamb, u, h0), lru_scan_naive(lamb, u, h0),
+                               rtol=1e-5, atol=1e-5)
 
 
-def test_parallel_matches_naive_complex128_long():
-    lamb, u, _ = _inputs(1000, torch.complex128, seed=1)
-    torch.testing.assert_close(lru_scan(lamb, u), lru_scan_naive(lamb, u), rtol=1e-9, atol=1e-9)
-
-
-@pytest.mark.parametrize("length", [1, 5, 64])
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-def test_parallel_matches_naive_with_h0(length, dtype):
-    lamb, u, h0 = _inputs(length, dtype, seed=10 + length)
-    tol = 1e-5 if dtype == torch.complex64 else 1e-10
-    torch.testing.assert_close(lru_scan(lamb, u, h0), lru_scan_naive(lamb, u, h0), rtol=tol, atol=tol)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_fast_matches_naive_values_and_gradients(length, with_h0):
+    """In complex128, so that a mistake in the hand-written backward shows above rounding."""
+    lamb, u, h0 = _inputs(length, torch.complex128, seed=20 + length, batch=2, hidden=5)
+    weights = torch.randn(2, length, 5, dtype=torch.complex128,
+                          generator=torch.Generator().manual_seed(length))
+    results = []
+    for fn in (lru_scan, lru_scan_naive):
+        leaves = [x.clone().requires_grad_() for x in ((lamb, u, h0) if with_h0 else (lamb, u))]
+        out = fn(*leaves)
+        loss = (out * weights).real.sum() + out.abs().pow(2).mean()
+        results.append((out, torch.autograd.grad(loss, leaves)))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9)
 
 
 def test_step_matches_scan_every_position():
@@ -65,21 +76,10 @@ def test_causality(t):
 
 
 def test_gradcheck():
+    """The hand-written backward against finite differences."""
     lamb, u, h0 = _inputs(6, torch.complex128, seed=4, batch=2, hidden=3)
     inputs = tuple(x.clone().requires_grad_() for x in (lamb, u, h0))
     assert torch.autograd.gradcheck(lru_scan, inputs)
-
-
-def test_grads_match_naive():
-    lamb, u, h0 = _inputs(45, torch.complex128, seed=5)
-    grads = []
-    for fn in (lru_scan, lru_scan_naive):
-        leaves = [x.clone().requires_grad_() for x in (lamb, u, h0)]
-        out = fn(*leaves)
-        loss = (out.real * out.imag.cos()).sum() + out.abs().pow(2).mean()
-        grads.append(torch.autograd.grad(loss, leaves))
-    for g_fast, g_ref in zip(*grads):
-        torch.testing.assert_close(g_fast, g_ref, rtol=1e-8, atol=1e-8)
 
 
 def test_long_sequence_finite():

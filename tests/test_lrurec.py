@@ -314,3 +314,23 @@ def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch):
     assert len(pop) == 943
     pop_ndcg = pop.mean().item()
     assert model_ndcg > 1.2 * pop_ndcg, (model_ndcg, pop_ndcg)
+
+
+@pytest.mark.parametrize("complex_input", [False, True])
+@pytest.mark.parametrize("real_output", [False, True])
+def test_complex_linear_is_the_complex_affine_map(complex_input, real_output):
+    """One real matmul on interleaved views == (Wr + i Wi) x + b, scale folded in."""
+    from recbole_efficient.model.layers import ComplexLinear
+
+    torch.manual_seed(0)
+    layer = ComplexLinear(5, 3, real_output=real_output)
+    x = torch.randn(2, 4, 5, dtype=torch.complex64) if complex_input else torch.randn(2, 4, 5)
+    weight = torch.complex(layer.weight_real, layer.weight_imag)
+    bias = layer.bias_real if real_output else torch.complex(layer.bias_real, layer.bias_imag)
+    expected = x.to(torch.complex64) @ weight.T + bias
+    if real_output:
+        torch.testing.assert_close(layer(x), expected.real)
+    else:
+        scale = torch.rand(3) + 0.5
+        torch.testing.assert_close(layer(x), expected)
+        torch.testing.assert_close(layer(x, scale=scale), expected * scale)

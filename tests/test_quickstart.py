@@ -26,11 +26,18 @@ def test_softmax_reference_trains_and_reloads(tiny):
 
 def test_recbole_sasrec_through_our_cli_path(tiny):
     _, cfg = tiny
-    result = run_recbole_efficient("SASRec", TINY, config_dict=cfg(train_neg_sample_args=None),
-                                   read_cmd_line=False)
+    result = run_recbole_efficient("SASRec", TINY, config_dict=cfg(), read_cmd_line=False)
     assert result["test_result"]["ndcg@10"] >= 0
     config, model, *_ = load_data_and_model(result["saved_model_file"])
     assert type(model).__name__ == "SASRec" and config["train_mode"] == "augmented"
+
+
+@pytest.mark.parametrize("model", ["GRU4Rec", "BERT4Rec", "LightSANs"])
+def test_recbole_baselines_need_no_extra_flags(tiny, model):
+    _, cfg = tiny
+    result = run_recbole_efficient(model, TINY, config_dict=cfg(), read_cmd_line=False,
+                                   saved=False)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
 
 
 def test_recbole_format_checkpoint_needs_trust(tiny):

@@ -1,5 +1,7 @@
 """Start-up validation of declared config keys: one line per problem, before any data."""
 
+import re
+
 import pytest
 
 from recbole_efficient import Config
@@ -59,3 +61,72 @@ def test_key_kinds():
     assert Key("k", "str", choices=("adam",), nocase=True).problem("ADAM") is None
     assert Int("k", none_ok=True).problem(None) is None and Int("k").problem(None)
     validate({}, object)  # nothing declared, nothing set: fine
+
+
+def test_one_problem_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        config(hidden_size=0)
+    assert "\n" not in str(err.value)
+
+
+def test_likely_typos_warn_with_the_key_meant(caplog):
+    config(hiden_size=64, max_item_list_length=20, my_own_key=1, epochs=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'hiden_size': did you mean 'hidden_size'?" in w for w in warnings)
+    assert any("'max_item_list_length': did you mean 'MAX_ITEM_LIST_LENGTH'?" in w
+               for w in warnings)
+    assert not any("my_own_key" in w or "'epochs'" in w for w in warnings)
+
+
+def test_known_keys_cover_recbole_ours_and_declared():
+    from recbole_efficient.config import known_keys
+
+    keys = known_keys()
+    assert {"hidden_size", "r_min", "train_mode", "train_time_budget", "epochs",
+            "embedding_size", "k_interests", "nproc", "load_col"} <= keys
+    assert "ml-1m" not in keys  # RecBole's download table is not a config
+
+
+def test_sequential_ce_gets_no_negative_sampling_unless_set():
+    sasrec = config(model="SASRec")
+    assert sasrec["train_neg_sample_args"]["distribution"] == "none"
+    with pytest.raises(ConfigError) as err:
+        config(model="SASRec", train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
+    assert "must be None with loss_type=CE" in str(err.value) and "\n" not in str(err.value)
+    # BPR keeps RecBole's sampler, also for our models (whose yaml sets none, for CE).
+    for model in ("SASRec", "LRURec"):
+        bpr = config(model=model, loss_type="BPR", train_mode="augmented")
+        assert bpr["train_neg_sample_args"]["distribution"] == "uniform"
+    assert config(model="LRURec", loss_type="BPR")["train_neg_sample_args"]["distribution"] \
+        == "none"  # all_positions draws its own negatives
+    with pytest.raises(ConfigError, match="loss_type=BPR in train_mode=augmented needs"):
+        config(model="SASRec", loss_type="BPR", train_neg_sample_args=None)
+
+
+@pytest.mark.parametrize("overrides,words", [
+    ({"metrics": ["NDCG", "Hitt"]}, "unknown metric 'Hitt'"),
+    ({"metrics": ["NDCG", "AUC"]}, "mixes ranking and value metrics"),
+    ({"topk": 0}, "topk=0 must be a positive integer or a list of them"),
+    ({"valid_metric": "NDCG@5"}, "valid_metric='NDCG@5' is not among the computed metrics"),
+    ({"seed": "abc"}, "seed='abc' must be an integer >= 0"),
+    ({"clip_grad_norm": 5}, "clip_grad_norm=5 must be a mapping"),
+    ({"eval_args": "LS"}, "eval_args='LS' must be a mapping"),
+    ({"rm_dup_inter": "all"}, "rm_dup_inter='all' must be one of first, last (or None)"),
+    ({"benchmark_filename": "train"}, "benchmark_filename='train' must be a list (or None)"),
+    ({"TIME_FIELD": 3}, "TIME_FIELD=3 must be a string (or None)"),
+])
+def test_recbole_data_and_evaluation_keys(overrides, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config(model="SASRec", **overrides)
+
+
+def test_recbole_baselines_declare_their_model_keys():
+    with pytest.raises(ConfigError) as err:
+        config(model="SASRec", hidden_size=30, n_heads=4, attn_dropout_prob=1.0)
+    assert len(err.value.problems) == 2
+    with pytest.raises(ConfigError, match="dropout_prob=1.5 must be a number in"):
+        config(model="GRU4Rec", dropout_prob=1.5)
+    with pytest.raises(ConfigError, match="k_interests=0 must be an integer >= 1"):
+        config(model="LightSANs", k_interests=0)
+    with pytest.raises(ConfigError, match="mask_ratio=2 must be a number in"):
+        config(model="BERT4Rec", mask_ratio=2)

@@ -1,9 +1,11 @@
-"""Sequential dataset with RecBole's ``augmented`` protocol and our ``all_positions`` one.
+"""Sequential dataset with RecBole's ``augmented`` protocol and our window-based ones.
 
 ``augmented`` is RecBole's: one row per prefix (every prefix materialised densely), split
 leave-one-out. ``all_positions`` builds only what it needs: one training row per window of
 at most ``MAX_ITEM_LIST_LENGTH`` inputs whose targets are the next items at every position,
-plus exactly the validation and test rows RecBole's protocol would produce.
+plus exactly the validation and test rows RecBole's protocol would produce. ``cloze`` (masked-
+item training, BERT4Rec) has one training row per window of at most ``MAX_ITEM_LIST_LENGTH``
+items and the same evaluation rows; the masks are drawn per batch (:func:`cloze_mask`).
 """
 
 import os
@@ -16,7 +18,11 @@ from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType, ModelType, set_color
 
+from recbole_efficient.data.atomic import AtomicFilesMixin, check_headers
+
 TARGET_SUFFIX = "_target"
+#: Training modes whose rows are user windows (no prefix augmentation).
+WINDOW_MODES = ("all_positions", "cloze")
 _LEAVE_ONE_NUM = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
 
 
@@ -25,12 +31,40 @@ def target_list_field(config):
     return config["ITEM_ID_FIELD"] + TARGET_SUFFIX + config["LIST_SUFFIX"]
 
 
+def cloze_mask(item_seq_len, width, mask_ratio, generator=None):
+    """Positions to mask in Cloze training rows: bool ``[B, width]``.
+
+    Each real position (``< item_seq_len``) is masked with probability ``mask_ratio``; a row
+    where none was drawn gets its last real item masked (the prediction task of evaluation).
+    Padding is never masked; every non-empty row has at least one masked position.
+    """
+    positions = torch.arange(width, device=item_seq_len.device)
+    real = positions[None, :] < item_seq_len[:, None]
+    draw = torch.rand(real.shape, generator=generator, device=item_seq_len.device)
+    mask = (draw < mask_ratio) & real
+    last = positions[None, :] == (item_seq_len[:, None] - 1)
+    return mask | (last & ~mask.any(1, keepdim=True))
+
+
+def _window_spans(counts, width):
+    """End-aligned windows of at most ``width`` over ``0..counts[u]-1`` for every user ``u``:
+    ``(user, start, end)`` arrays, one entry per window, ``end`` exclusive."""
+    n_win = np.where(counts > 0, -(-counts // width), 0)
+    user = np.repeat(np.arange(len(counts)), n_win)
+    k = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
+    end = counts[user] - k * width
+    return user, np.maximum(0, end - width), end
+
+
 def check_data_files(config):
-    """Fail fast, before any download attempt or training, when the atomic files are absent."""
+    """Fail fast, before any download attempt or training, when the atomic files are absent
+    or their headers lack what the model needs (see ``atomic.check_headers``)."""
     name, path = config["dataset"], config["data_path"]
     inter = os.path.join(path, f"{name}.inter")
-    if os.path.isfile(inter) or config["benchmark_filename"]:
+    if config["benchmark_filename"]:
         return
+    if os.path.isfile(inter):
+        return check_headers(config)
     raise FileNotFoundError(
         f"Dataset '{name}' is not on disk: expected the RecBole atomic file {inter} "
         f"(optionally {name}.user / {name}.item beside it) under data_path={path!r}. "
@@ -39,7 +73,7 @@ def check_data_files(config):
     )
 
 
-class SequentialDataset(RecBoleSequentialDataset):
+class SequentialDataset(AtomicFilesMixin, RecBoleSequentialDataset):
     """RecBole's SequentialDataset plus the ``all_positions`` training mode."""
 
     @property
@@ -52,13 +86,35 @@ class SequentialDataset(RecBoleSequentialDataset):
         check_data_files(self.config)
 
     def _change_feat_format(self):
-        if self.train_mode == "all_positions":
+        if self.train_mode in WINDOW_MODES:
             RecBoleDataset._change_feat_format(self)  # no prefix augmentation
         else:
             super()._change_feat_format()
 
     def build(self):
-        if self.train_mode != "all_positions" or self.benchmark_filename_list is not None:
+        histories = self.inter_feat[self.uid_field].value_counts()  # before any split
+        splits = self._build_splits()
+        self._check_splits(splits, histories)
+        return splits
+
+    def _check_splits(self, splits, histories):
+        """Users need 2 interactions to train, 3 to be tested, 4 to be validated (leave-one-out)."""
+        split = self.config["eval_args"]["split"]
+        names = ["training", "validation", "test"]
+        expected = names if isinstance(split, dict) and split.get("LS") == "valid_and_test" \
+            else names[:1]
+        empty = [name for name, ds in zip(names, splits) if name in expected and len(ds) == 0]
+        if empty:
+            raise ValueError(
+                f"Dataset '{self.dataset_name}' gives no {' and no '.join(empty)} rows: with "
+                "leave-one-out splitting a user needs at least 2 interactions to be trained on, "
+                f"3 to be tested and 4 to be validated, and the longest of its {len(histories)} "
+                f"users' histories has {int(histories.max()) if len(histories) else 0} (after "
+                "filtering). Use a dataset with longer histories, or relax "
+                "user_inter_num_interval / val_interval.")
+
+    def _build_splits(self):
+        if self.train_mode not in WINDOW_MODES or self.benchmark_filename_list is not None:
             return super().build()
         if self.config["eval_args"]["order"] != "TO":
             raise ValueError("The ordering args for sequential recommendation has to be 'TO'")
@@ -66,7 +122,7 @@ class SequentialDataset(RecBoleSequentialDataset):
         mode = split.get("LS") if isinstance(split, dict) else None
         if mode not in _LEAVE_ONE_NUM:
             raise ValueError(
-                f"train_mode=all_positions needs eval_args.split LS in {list(_LEAVE_ONE_NUM)}, got {split}."
+                f"train_mode={self.train_mode} needs eval_args.split LS in {list(_LEAVE_ONE_NUM)}, got {split}."
             )
         self._change_feat_format()
         return self._build_all_positions(mode)
@@ -105,12 +161,15 @@ class SequentialDataset(RecBoleSequentialDataset):
         valid_ds = self.copy(self._prefix_rows(valid_t, user_start))
         test_ds = self.copy(self._prefix_rows(test_t, user_start))
 
-        train_ds = self.copy(self._window_rows(starts, ends - keep_out))
-        tf = target_list_field(self.config)
-        train_ds.set_field_property(tf, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION,
-                                    self.max_item_list_len)
+        if self.train_mode == "cloze":
+            train_ds = self.copy(self._cloze_rows(starts, ends - keep_out))
+        else:
+            train_ds = self.copy(self._window_rows(starts, ends - keep_out))
+            tf = target_list_field(self.config)
+            train_ds.set_field_property(tf, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION,
+                                        self.max_item_list_len)
         getLogger().info(
-            set_color("all_positions", "pink")
+            set_color(self.train_mode, "pink")
             + f": {len(train_ds)} training windows, {len(valid_ds)} valid / {len(test_ds)} test rows"
         )
         return [train_ds, valid_ds, test_ds]
@@ -147,11 +206,8 @@ class SequentialDataset(RecBoleSequentialDataset):
         """One row per window; inputs x[s:e], targets x[s+1:e+1]; windows end-aligned."""
         L = self.max_item_list_len
         n_targets = train_ends - starts - 1  # targets are positions 1..n_targets of the user
-        n_win = np.where(n_targets > 0, -(-n_targets // L), 0)
-        user = np.repeat(np.arange(len(starts)), n_win)
-        k = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
-        e = n_targets[user] - k * L  # relative position of the window's last target
-        s = np.maximum(0, e - L)     # relative position of its first input
+        # e: relative position of the window's last target; s: of its first input
+        user, s, e = _window_spans(n_targets, L)
         base = starts[user]
         lengths = e - s
         items = self.inter_feat[self.iid_field]
@@ -167,6 +223,21 @@ class SequentialDataset(RecBoleSequentialDataset):
         })
         return rows
 
+    def _cloze_rows(self, starts, train_ends):
+        """One row per window of the training items x[s:e]; windows end-aligned."""
+        user, s, e = _window_spans(train_ends - starts, self.max_item_list_len)
+        base = starts[user]
+        lengths = e - s
+        items = self.inter_feat[self.iid_field]
+        last = torch.from_numpy(base + e - 1)
+        return Interaction({
+            self.uid_field: self.inter_feat[self.uid_field][last],
+            self.iid_field: items[last],
+            self.item_id_list_field: self._gather(items, base + s, lengths,
+                                                  self.max_item_list_len),
+            self.item_list_length_field: torch.from_numpy(lengths.astype(np.int64)),
+        })
+
 
 def create_dataset(config):
     """Our SequentialDataset for sequential models, else RecBole's ``create_dataset``."""
@@ -181,6 +252,6 @@ def create_dataset(config):
         if config["save_dataset"]:
             dataset.save()
         return dataset
-    if config["train_mode"] == "all_positions":
-        raise ValueError(f"train_mode=all_positions is not available for {config['model']}.")
+    if config["train_mode"] in WINDOW_MODES:
+        raise ValueError(f"train_mode={config['train_mode']} is not available for {config['model']}.")
     return recbole_create_dataset(config)

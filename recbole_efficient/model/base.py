@@ -17,6 +17,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_efficient.data.dataset import target_list_field
+from recbole_efficient.kernels.cross_entropy import linear_cross_entropy
 from recbole_efficient.validation import EFFICIENT_SPEC
 
 
@@ -114,8 +115,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
 
     def logits(self, hidden):
         weight, bias = self.output_embedding()
-        out = hidden @ weight.t()
-        return out + bias if bias is not None else out
+        return F.linear(hidden, weight, bias)  # the bias is added inside the matmul
 
     def _item_scores(self, hidden, items):
         weight, bias = self.output_embedding()
@@ -143,15 +143,18 @@ class EfficientSequentialRecommender(SequentialRecommender):
         hidden = self.encode(item_seq, item_seq_len)
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         mask = positions[None, :] < item_seq_len[:, None]
-        hidden = hidden[mask]
-        targets = interaction[self.TARGET_SEQ][mask]
+        return self._positions_loss(hidden[mask], interaction[self.TARGET_SEQ][mask])
+
+    def _positions_loss(self, hidden, targets):
+        """Mean loss of the hidden states ``[N, d]`` against their target items ``[N]``."""
         if self.loss_type == "BPR":
             # One uniform negative per position, redrawn where it hits the target.
             neg = torch.randint(1, self.n_items, targets.shape, device=targets.device)
             clash = neg == targets
             neg[clash] = (neg[clash] % (self.n_items - 1)) + 1
             return self.bpr_loss(self._item_scores(hidden, targets), self._item_scores(hidden, neg))
-        return F.cross_entropy(self.logits(hidden), targets)
+        weight, bias = self.output_embedding()
+        return linear_cross_entropy(hidden, weight, bias, targets)
 
     def predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

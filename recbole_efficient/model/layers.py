@@ -21,7 +21,8 @@ class ComplexLinear(nn.Module):
     """``W x + b`` with complex ``W`` and ``b``, for real or complex ``x``.
 
     ``real_output=True`` computes only ``Re(W x + b)``. The imaginary part of the bias could
-    never change that output, so it is not created.
+    never change that output, so it is not created. Each call is one real matmul: complex
+    inputs and outputs are read and written as interleaved (re, im) real views, without copies.
     """
 
     def __init__(self, in_features, out_features, bias=True, real_output=False):
@@ -45,24 +46,36 @@ class ComplexLinear(nn.Module):
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
 
-    def forward(self, x):
+    def _real_weight(self, complex_input):
+        """The real matrix acting on (interleaved) inputs, giving (interleaved) outputs."""
         w_re, w_im = self.weight_real, self.weight_imag
+        # Re(W x) = Wr xr - Wi xi; Im(W x) = Wi xr + Wr xi.
+        re_rows = torch.stack([w_re, -w_im], -1).flatten(-2) if complex_input else w_re
         if self.real_output:
-            # Re((Wr + i Wi)(xr + i xi)) = Wr xr - Wi xi: one real matmul.
-            if not x.is_complex():
-                return F.linear(x, w_re, self.bias_real)
-            return F.linear(torch.cat([x.real, x.imag], -1), torch.cat([w_re, -w_im], 1),
-                            self.bias_real)
+            return re_rows
+        im_rows = torch.stack([w_im, w_re], -1).flatten(-2) if complex_input else w_im
+        return torch.stack([re_rows, im_rows], 1)  # [out, 2, in']
+
+    def forward(self, x, scale=None):
+        """``x [..., in]`` -> ``[..., out]``: complex, or real with ``real_output``.
+
+        ``scale [out]`` (real, complex output only) multiplies the output; it is folded into
+        the weight and bias, so it costs no pass over the activations.
+        """
+        complex_input = x.is_complex()
+        inp = torch.view_as_real(x).flatten(-2) if complex_input else x
+        weight = self._real_weight(complex_input)
+        if self.real_output:
+            return F.linear(inp, weight, self.bias_real)
         bias = None
         if self.bias_real is not None:
-            bias = torch.cat([self.bias_real, self.bias_imag])
-        if x.is_complex():
-            xr = torch.cat([x.real, x.imag], -1)
-            weight = torch.cat([torch.cat([w_re, -w_im], 1), torch.cat([w_im, w_re], 1)], 0)
-        else:
-            xr, weight = x, torch.cat([w_re, w_im], 0)
-        re, im = F.linear(xr, weight, bias).float().chunk(2, -1)
-        return torch.complex(re, im)
+            bias = torch.stack([self.bias_real, self.bias_imag], 1)
+        if scale is not None:
+            weight = weight * scale[:, None, None]
+            bias = None if bias is None else bias * scale[:, None]
+        out = F.linear(inp, weight.flatten(0, 1), None if bias is None else bias.flatten())
+        # float(): under autocast the matmul runs in half precision, the state does not.
+        return torch.view_as_complex(out.float().unflatten(-1, (-1, 2)))
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -91,9 +104,10 @@ class LRULayer(nn.Module):
     ``h_t = lambda * h_{t-1} + gamma * (B x_t + b_B)``,
     ``y_t = LayerNorm(Dropout(Re(C h_t + b_C)) + x_t)``,
     with ``lambda = exp(-exp(nu_log) + i exp(theta_log))`` and ``gamma = exp(gamma_log)``.
-    The state is complex with ``state_size`` (default ``2 * d_model``) entries. ``forward``
-    runs the log-depth parallel scan over a whole sequence; ``step`` advances one item.
-    Causal: the output at t depends on ``x_0..x_t`` only, so right padding is harmless.
+    The state is complex with ``state_size`` (default ``2 * d_model``) entries. ``states``
+    runs the recurrence over a whole sequence (chunked scan), ``output`` is the position-wise
+    rest, ``step`` advances one item. Causal: the output at t depends on ``x_0..x_t`` only,
+    so right padding is harmless.
     """
 
     def __init__(self, d_model, state_size=None, dropout=0.0, r_min=0.8, r_max=0.99,
@@ -119,20 +133,25 @@ class LRULayer(nn.Module):
 
     def state_input(self, x):
         """``gamma * (B x + b_B)``: complex ``[..., state_size]`` (gamma scales the bias too)."""
-        return self.in_proj(x.float()) * torch.exp(self.gamma_log)
+        return self.in_proj(x, scale=torch.exp(self.gamma_log))
 
-    def _output(self, h, x):
+    def states(self, x, h0=None):
+        """``x [B, L, d]`` (optional initial state ``h0 [B, H]``) -> ``h [B, L, H]``."""
+        return lru_scan(self.lamb(), self.state_input(x), h0)
+
+    def output(self, h, x):
+        """Position-wise: ``h [..., H]``, ``x [..., d]`` -> ``y [..., d]``."""
         return self.layer_norm(self.dropout(self.out_proj(h)) + x)
 
     def forward(self, x, h0=None):
-        """``x [B, L, d]`` (optional initial state ``h0 [B, H]``) -> ``(y [B, L, d], h [B, L, H])``."""
-        h = lru_scan(self.lamb(), self.state_input(x), h0)
-        return self._output(h, x), h
+        """``x [B, L, d]`` -> ``(y [B, L, d], h [B, L, H])``."""
+        h = self.states(x, h0)
+        return self.output(h, x), h
 
     def step(self, x, h_prev):
         """One item: ``x [B, d]``, ``h_prev [B, H]`` -> ``(y [B, d], h [B, H])``."""
         h = lru_step(self.lamb(), h_prev, self.state_input(x))
-        return self._output(h, x), h
+        return self.output(h, x), h
 
 
 class PointWiseFeedForward(nn.Module):
@@ -153,7 +172,10 @@ class PointWiseFeedForward(nn.Module):
 
 
 class LRUBlock(nn.Module):
-    """LRU layer followed by the feed-forward sublayer."""
+    """LRU layer followed by the feed-forward sublayer.
+
+    ``lru = None`` (set by ``LRURec.drop_sequence_mixer``) leaves the feed-forward only.
+    """
 
     def __init__(self, d_model, lru_dropout=0.0, hidden_dropout=0.0, r_min=0.8, r_max=0.99,
                  max_phase=2 * math.pi, layer_norm_eps=1e-5, inner_size=None, state_size=None):
@@ -163,9 +185,15 @@ class LRUBlock(nn.Module):
         self.feed_forward = PointWiseFeedForward(d_model, inner_size, hidden_dropout,
                                                  layer_norm_eps)
 
+    def output(self, h, x):
+        """Position-wise work after the recurrence: LRU output, then the feed-forward."""
+        return self.feed_forward(self.lru.output(h, x))
+
     def forward(self, x, h0=None):
-        y, h = self.lru(x, h0)
-        return self.feed_forward(y), h
+        if self.lru is None:
+            return self.feed_forward(x), None
+        h = self.lru.states(x, h0)
+        return self.output(h, x), h
 
     def step(self, x, h_prev):
         y, h = self.lru.step(x, h_prev)

@@ -3,7 +3,8 @@
 Item embedding (no positions) -> Dropout -> LayerNorm, then ``n_layers`` blocks of
 [LRU layer (complex diagonal linear recurrence, state size 2d) + point-wise feed-forward],
 scored against the item embeddings plus a per-item bias. Training runs the recurrence as a
-log-depth parallel scan; inference can also advance one item at a time with a fixed-size
+chunked scan (``kernels/lru_scan.py``); scoring runs the last layer's position-wise work at
+the last position only; inference can also advance one item at a time with a fixed-size
 state per layer (the base's streaming protocol: ``init_state``/``build_state``/``step``), at a
 cost that does not grow with the history length.
 
@@ -59,6 +60,7 @@ class LRURec(EfficientSequentialRecommender):
             for _ in range(self.n_layers)
         ])
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
+        self.mixer_dropped = False
         self._init_weights()
 
     # -- initialisation and optimiser ----------------------------------------------------
@@ -111,6 +113,27 @@ class LRURec(EfficientSequentialRecommender):
             x, _ = block(x)
         return x
 
+    def encode_last(self, item_seq, item_seq_len):
+        """Every layer at every position, but the last layer's output projection and
+        feed-forward at each row's last real position only."""
+        if self.mixer_dropped:
+            return super().encode_last(item_seq, item_seq_len)
+        x = self.embed(item_seq)
+        for block in self.blocks[:-1]:
+            x, _ = block(x)
+        top = self.blocks[-1]
+        last = item_seq_len - 1
+        h = top.lru.states(x)
+        return top.output(self.gather_indexes(h, last), self.gather_indexes(x, last))
+
+    def drop_sequence_mixer(self):
+        """Remove every LRU layer (recurrence, projections, its norm): embedding, feed-forward
+        blocks and output layer remain."""
+        for block in self.blocks:
+            block.lru = None
+        self.mixer_dropped = True
+        return self
+
     def output_embedding(self):
         return self.item_embedding.weight, self.output_bias
 
@@ -126,9 +149,11 @@ class LRURec(EfficientSequentialRecommender):
         empty = (item_seq_len == 0)[:, None]
         x = self.embed(item_seq)
         states = []
-        for block in self.blocks:
-            x, h = block(x)
+        for i, block in enumerate(self.blocks):
+            h = block.lru.states(x)
             states.append(self.gather_indexes(h, last).masked_fill(empty, 0))
+            if i + 1 < len(self.blocks):  # the last layer's outputs are not part of the state
+                x = block.output(h, x)
         return states
 
     def _stream_step(self, item_ids, positions, layers):

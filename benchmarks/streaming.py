@@ -1,0 +1,135 @@
+"""Streaming inference vs re-encoding the whole history, for every model with the API.
+
+    python benchmarks/streaming.py --models LRURec LinRec --lengths 200 1000 2000 --threads 1
+
+For each model with streaming inference (``model.supports_streaming()``; by default every
+registered model that has it) and each history length L: the latency of scoring all items after
+one new item arrives, (a) by re-encoding the whole history of L items (``full_sort_predict``)
+and (b) by one ``step`` from the state of the first L-1 items (``build_state``), plus the cost
+of ``build_state`` itself. Medians over ``--repeats`` timed calls after ``--warmup`` untimed
+ones, every call of every model interleaved; random weights (timing only) with hidden 64 and
+2 layers (the LRURec paper's sizes; other keys from each model's yaml) and ML-1M's item count,
+``MAX_ITEM_LIST_LENGTH`` = the largest L (models with learned positions stream up to it).
+Also checks that both paths give the same scores.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import build_model, parse_value, size_overrides, synchronize  # noqa: E402
+
+
+def median_ms(fns, warmup, repeats, sync):
+    """Median milliseconds of each function; calls are interleaved so that load changes on
+    the machine affect all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            bucket.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def streaming_models(args, device):
+    """``{name: model}`` in eval mode for every requested model that can stream."""
+    from recbole_efficient.model import MODELS
+
+    names = args.models or list(MODELS)
+    models = {}
+    for name in names:
+        over = size_overrides(name, args.hidden_size, args.n_layers, dict(args.extra))
+        model, _, _ = build_model(name, max(args.lengths), args.n_items, over, device=device)
+        if model.supports_streaming():
+            models[name] = model.eval()
+        elif args.models:
+            raise SystemExit(f"streaming.py: {name} has no streaming inference with this config")
+    return models
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = lambda: synchronize(device)  # noqa: E731
+    models = streaming_models(args, device)
+    gen = torch.Generator().manual_seed(0)
+
+    rows = []
+    with torch.inference_mode():
+        for length in args.lengths:
+            seq = torch.randint(1, args.n_items, (args.batch, length), generator=gen).to(device)
+            lens = torch.full((args.batch,), length, device=device)
+            calls = []
+            for model in models.values():
+                inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
+                state = model.build_state(seq[:, :-1], lens - 1)
+                calls += [lambda m=model, i=inter: m.full_sort_predict(i),
+                          lambda m=model, s=state: m.step(seq[:, -1], s)[0],
+                          lambda m=model: m.build_state(seq, lens)]
+            ms = median_ms(calls, args.warmup, args.repeats, sync)
+            for k, name in enumerate(models):
+                full, step = calls[3 * k](), calls[3 * k + 1]()
+                full_ms, step_ms, build_ms = ms[3 * k:3 * k + 3]
+                diff = (step - full).abs().max().item()
+                rows.append({"model": name, "length": length, "full_ms": full_ms,
+                             "step_ms": step_ms, "speedup": full_ms / step_ms,
+                             "build_ms": build_ms, "max_abs_diff": diff})
+
+    threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    print(f"hidden {args.hidden_size}, {args.n_layers} layers, {args.n_items} items, batch "
+          f"{args.batch}, device {device} (torch {torch.__version__}, threads {threads}), median "
+          f"of {args.repeats} after {args.warmup} warm-up, models interleaved\n")
+    print("| model | history length | full re-encode (ms) | streaming step (ms) | speed-up "
+          "| build_state (ms) | max abs score diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (list(models).index(r["model"]), r["length"])):
+        print(f"| {r['model']} | {r['length']} | {r['full_ms']:.2f} | {r['step_ms']:.3f} "
+              f"| {r['speedup']:.0f}x | {r['build_ms']:.2f} | {r['max_abs_diff']:.1e} |")
+    return rows
+
+
+def _key_value(text):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), parse_value(value)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="default: every registered model with streaming inference")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1000, 2000, 4000])
+    parser.add_argument("--batch", type=int, default=1, help="users scored together")
+    parser.add_argument("--hidden_size", type=int, default=64)
+    parser.add_argument("--n_layers", type=int, default=2)
+    parser.add_argument("--set", dest="extra", action="append", type=_key_value, default=[],
+                        metavar="KEY=VALUE", help="any other key, for the models whose yaml has it")
+    parser.add_argument("--n_items", type=int, default=3417, help="ML-1M has 3,416 items + pad")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (0: torch default); 1 = one request per core, and "
+                             "stable on a busy machine where idle OpenMP threads stall tiny ops")
+    return parser
+
+
+if __name__ == "__main__":
+    main()

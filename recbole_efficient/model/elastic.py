@@ -1,0 +1,362 @@
+"""ELASTIC-style model: linear dispatcher attention over a fixed set of interest experts, with
+sparse retrieval from a large interest memory.
+
+**A reconstruction from the abstract** of "ELASTIC: Efficient Linear Attention for SequenTial
+Interest Compression" (Deng et al., arXiv 2408.09380, withdrawn by its authors in 2025; no
+body text or code was ever published). The abstract names a Linear Dispatcher Attention (LDA)
+layer, in which a fixed number k of learnable interest experts compress the behaviour
+sequence in time linear in N, and an Interest Memory Retrieval (IMR) module that sparsely
+retrieves a user's interests from a vast learnable memory bank at a cost that does not grow
+with the bank. Everything below the abstract's level is our design, built from the published
+constructions it points to (Luna, Set Transformer's ISAB, product-key memory):
+
+* Input: item embedding + learned absolute position, LayerNorm, dropout (as SASRec, so that
+  the comparison with ``SoftmaxSASRec`` changes only the sequence mixer). Output: dot product
+  with the item embeddings.
+* ``n_layers`` blocks of [LDA sublayer ``LN(x + Dropout(W_o LDA(x)))`` + RecBole's
+  feed-forward sublayer]. Each LDA sublayer has its own ``n_experts`` expert vectors per head,
+  used as the pack queries (Luna would carry the packed experts to the next layer; in the
+  causal form they differ per position, which would cost an ``[N, k, d]`` tensor, so the
+  layers' experts are separate parameters in both forms).
+* Non-causal form (``lda_causal: False``, ``augmented`` training, last position scored):
+  Luna's pack (softmax over the real positions, pads masked) and unpack (softmax over the
+  experts). Strictly causal form (default, ``all_positions``): Luna's causal prefix form with
+  positive pack weights ``elu(.) + 1`` and per-expert weighted prefix means, computed
+  chunk-wise in O(N (chunk_size + k)) memory per head, never an ``[N, k, d]`` tensor; see
+  ``recbole_efficient/kernels/dispatcher_attention.py``.
+  Its state is a running sum, so the model streams (``init_state``/``build_state``/``step``)
+  at O(1) cost per item, up to ``MAX_ITEM_LIST_LENGTH`` items (learned positions).
+* IMR (``use_imr``): a bank of ``memory_size`` = n^2 interest vectors addressed by product
+  keys. The query at position t is ``LN(W [mean of the inputs 0..t ; input t])`` per each of
+  ``memory_heads`` heads: a causal summary plus the current item (LayerNorm, not the
+  BatchNorm of product-key memory, whose batch statistics would mix other users and future
+  positions into a query). The top ``memory_topk`` slots are found among n + n sub-keys and
+  ``memory_topk^2`` candidate sums; their softmax-weighted sum, LayerNorm-ed, is one
+  retrieved interest. The non-causal form queries once per user with the whole-sequence mean
+  and the last item.
+* The retrieved interests *augment* the experts of the last LDA sublayer (the one whose
+  output is scored): projected like items, they enter its unpack softmax beside the k packed
+  experts, so each position chooses between interests compressed from its history and
+  interests recalled from the memory. As pack queries they would make the pack weights
+  depend on t and break the linear-time causal form; feeding only the last sublayer means
+  that scoring one position (``encode_last``) needs one retrieval per user.
+* Only the retrieved slots get gradients (``embedding_bag`` with sparse gradients). The bank
+  is a ``sparse`` group in ``optimizer_groups``, which the trainer gives LazyAdam (lr x
+  ``memory_lr_scale``, no weight decay), so a step does the same work at M = 1e6 as at 1e4
+  apart from the 2 sqrt(M) sub-key scores per query.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from recbole.model.layers import FeedForward
+from torch import nn
+
+from recbole_efficient.kernels.dispatcher_attention import (
+    causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
+from recbole_efficient.kernels.product_key import product_key_topk
+from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
+
+
+def _imr_rule(check):
+    # IMR keys matter only with the memory on
+    return lambda c, m: not c["use_imr"] or check(c)
+
+
+def _topk_message(c, m):
+    n = math.isqrt(c["memory_size"])
+    if c["memory_topk"] > c["memory_size"]:
+        return (f"memory_topk={c['memory_topk']} exceeds memory_size={c['memory_size']}: "
+                f"at most memory_size slots can be retrieved; use --memory_topk={n} or less.")
+    return (f"memory_topk={c['memory_topk']} is larger than sqrt(memory_size)={n}: product keys "
+            f"take the top-k of each of two sets of sqrt(memory_size) sub-keys; use "
+            f"--memory_topk={n} or less, or a larger --memory_size.")
+
+
+class InterestMemory(nn.Module):
+    """IMR: ``heads`` product-key retrievals from a bank of ``memory_size`` interest vectors.
+
+    ``forward(summary, current)`` (both ``[..., d]``) -> retrieved interests ``[..., heads, d]``.
+    """
+
+    def __init__(self, hidden_size, memory_size, topk, heads, layer_norm_eps):
+        super().__init__()
+        self.heads, self.topk, self.hidden_size = heads, topk, hidden_size
+        n_sub = math.isqrt(memory_size)
+        self.query = nn.Linear(2 * hidden_size, heads * hidden_size)
+        self.query_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.sub_keys = nn.Parameter(torch.randn(heads, 2, n_sub, hidden_size // 2)
+                                     * (hidden_size // 2) ** -0.5)
+        self.values = nn.Parameter(torch.empty(memory_size, hidden_size))
+        self.out_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, summary, current):
+        query = self.query(torch.cat([summary, current], -1))
+        query = self.query_norm(query.unflatten(-1, (self.heads, self.hidden_size)))
+        scores, slots = product_key_topk(query, self.sub_keys, self.topk)
+        # embedding_bag: the weighted sum without a [..., k, d] tensor; sparse gradient rows
+        out = F.embedding_bag(slots.reshape(-1, self.topk), self.values, mode="sum",
+                              per_sample_weights=scores.softmax(-1).reshape(-1, self.topk),
+                              sparse=True)
+        return self.out_norm(out.view(*slots.shape[:-1], self.hidden_size))
+
+
+class DispatcherAttention(nn.Module):
+    """LDA sublayer ``LN(x + Dropout(W_o LDA(x)))``, causal or not (see the module docstring)."""
+
+    def __init__(self, hidden_size, n_heads, n_experts, causal, chunk_size, attn_dropout,
+                 hidden_dropout, layer_norm_eps):
+        super().__init__()
+        self.n_heads, self.head_size = n_heads, hidden_size // n_heads
+        self.causal, self.chunk_size, self.attn_dropout = causal, chunk_size, attn_dropout
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.experts = nn.Parameter(torch.empty(n_heads, n_experts, self.head_size))
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def _heads(self, x):
+        """``[B, ..., d]`` -> ``[B, H, ..., D]``."""
+        return x.unflatten(-1, (self.n_heads, self.head_size)).movedim(-2, 1)
+
+    def _merge(self, x, out):
+        out = out.movedim(1, -2).flatten(-2)
+        return self.LayerNorm(x + self.dropout(self.dense(out)))
+
+    def _extras(self, interests):
+        """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``."""
+        if interests is None:
+            return None, None
+        return self._heads(self.key(interests)), self._heads(self.value(interests))
+
+    def forward(self, x, mask, interests=None):
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        extra_k, extra_v = self._extras(interests)
+        drop = self.attn_dropout if self.training else 0.0
+        if self.causal:
+            out = dispatch_causal(q, k, v, self.experts, self.chunk_size, extra_k, extra_v, drop,
+                                  self.training)
+        else:
+            out = dispatch_noncausal(q, k, v, self.experts, mask, extra_k, extra_v, drop,
+                                     self.training)
+        return self._merge(x, out)
+
+    def forward_last(self, x, x_last, mask, interests_last=None):
+        """The sublayer's output at each row's last real position only: ``x_last [B, d]``,
+        ``interests_last [B, m, d]`` -> ``[B, d]``. Exact in both forms: the last position's
+        prefix is the whole real sequence."""
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
+        q = self._heads(self.query(x_last))                               # [B, H, D]
+        extra_k, extra_v = self._extras(interests_last)                   # [B, H, m, D]
+        drop = self.attn_dropout if self.training else 0.0
+        if self.causal:
+            out = causal_readout(q, causal_state(k, v, self.experts, mask), extra_k, extra_v,
+                                 drop, self.training)
+        else:
+            extras = [e if e is None else e[:, :, None] for e in (extra_k, extra_v)]
+            out = dispatch_noncausal(q[:, :, None], k, v, self.experts, mask, *extras, drop,
+                                     self.training)[:, :, 0]
+        return self._merge(x_last, out)
+
+    # -- streaming (causal form) ----------------------------------------------------------
+    def state(self, x, mask):
+        """Running state after the real positions of ``x [B, N, d]``."""
+        return causal_state(self._heads(self.key(x)), self._heads(self.value(x)), self.experts,
+                            mask)
+
+    def step(self, x, state, interests=None):
+        """One item ``x [B, d]`` (interests ``[B, m, d]``) -> ``(output [B, d], new state)``."""
+        q, k, v = (self._heads(f(x)) for f in (self.query, self.key, self.value))
+        state = causal_state_update(state, k, v, self.experts)
+        extra_k, extra_v = self._extras(interests)
+        return self._merge(x, causal_readout(q, state, extra_k, extra_v)), state
+
+
+class ELASTICBlock(nn.Module):
+    """LDA sublayer + feed-forward sublayer; ``lda`` is None once the mixer is dropped."""
+
+    def __init__(self, config, causal):
+        super().__init__()
+        d, eps = config["hidden_size"], config["layer_norm_eps"]
+        self.lda = DispatcherAttention(d, config["n_heads"], config["n_experts"], causal,
+                                       config["chunk_size"], config["attn_dropout_prob"],
+                                       config["hidden_dropout_prob"], eps)
+        self.feed_forward = FeedForward(d, config["inner_size"], config["hidden_dropout_prob"],
+                                        config["hidden_act"], eps)
+
+    def forward(self, x, mask, interests=None):
+        if self.lda is not None:
+            x = self.lda(x, mask, interests)
+        return self.feed_forward(x)
+
+    def forward_last(self, x, x_last, mask, interests_last=None):
+        if self.lda is not None:
+            x_last = self.lda.forward_last(x, x_last, mask, interests_last)
+        return self.feed_forward(x_last)
+
+
+class ELASTIC(EfficientSequentialRecommender):
+    config_spec = TRANSFORMER_SPEC + (
+        Int("n_experts", 1, example=16),
+        Bool("lda_causal"),
+        Int("chunk_size", 1, example=64),
+        Bool("use_imr"),
+        Int("memory_size", 1, example=65536),
+        Int("memory_topk", 1, example=4),
+        Int("memory_heads", 1, example=1),
+        Float("memory_lr_scale", 0, low_open=True, example=1.0),
+        Rule(("use_imr", "memory_size"),
+             _imr_rule(lambda c: math.isqrt(c["memory_size"]) ** 2 == c["memory_size"]),
+             lambda c, m: (f"memory_size={c['memory_size']} is not a perfect square: product keys "
+                           f"address n x n slots; use e.g. --memory_size="
+                           f"{max(1, round(math.sqrt(c['memory_size']))) ** 2}.")),
+        Rule(("use_imr", "memory_size", "memory_topk"),
+             _imr_rule(lambda c: c["memory_topk"] <= math.isqrt(c["memory_size"])),
+             _topk_message),
+        Rule(("use_imr", "hidden_size"), _imr_rule(lambda c: c["hidden_size"] % 2 == 0),
+             "hidden_size={hidden_size} is odd: product keys split the memory query into two "
+             "halves; use an even --hidden_size or --use_imr=False."),
+    )
+
+    @classmethod
+    def is_causal(cls, config):
+        return bool(config["lda_causal"])
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.initializer_range = config["initializer_range"]
+        self.memory_lr_scale = config["memory_lr_scale"]
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.blocks = nn.ModuleList([ELASTICBlock(config, self.causal)
+                                     for _ in range(config["n_layers"])])
+        self.imr = None
+        if config["use_imr"]:
+            self.imr = InterestMemory(self.hidden_size, config["memory_size"],
+                                      config["memory_topk"], config["memory_heads"],
+                                      config["layer_norm_eps"])
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        std = self.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        elif isinstance(module, DispatcherAttention):
+            module.experts.data.normal_(mean=0.0, std=1.0)
+        elif isinstance(module, InterestMemory):
+            module.values.data.normal_(mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def optimizer_groups(self, weight_decay):
+        """Dense parameters under ``learner``; the memory bank as a ``sparse`` group (the
+        trainer gives it LazyAdam: only retrieved rows and their moments are updated)."""
+        if self.imr is None:
+            return [{"params": [p for p in self.parameters() if p.requires_grad],
+                     "weight_decay": weight_decay}]
+        bank = self.imr.values
+        dense = [p for p in self.parameters() if p.requires_grad and p is not bank]
+        return [{"params": dense, "weight_decay": weight_decay},
+                {"params": [bank], "sparse": True, "lr_scale": self.memory_lr_scale}]
+
+    # -- encoder ----------------------------------------------------------------------------
+    def _embed(self, item_seq, positions):
+        x = self.item_embedding(item_seq) + self.position_embedding(positions)
+        return self.dropout(self.LayerNorm(x))
+
+    def _interests(self, x, item_seq_len, mask, every_position):
+        """Retrieved interests: ``[B, N, m, d]`` from the prefix of every position, or
+        ``[B, m, d]`` from the whole real sequence (= the prefix of the last position).
+        None without IMR."""
+        if self.imr is None:
+            return None
+        if every_position:
+            count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
+            summary = x.cumsum(1) / count[:, None]
+            # pads retrieve nothing: their outputs are never used
+            out = x.new_zeros(*x.shape[:2], self.imr.heads, x.size(-1))
+            out[mask] = self.imr(summary[mask], x[mask])
+            return out
+        length = item_seq_len.clamp_min(1)
+        summary = (x * mask[..., None]).sum(1) / length[:, None]
+        return self.imr(summary, self.gather_indexes(x, length - 1))
+
+    def _inputs(self, item_seq, item_seq_len):
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        return self._embed(item_seq, positions[None]), positions[None] < item_seq_len[:, None]
+
+    def encode(self, item_seq, item_seq_len):
+        x, mask = self._inputs(item_seq, item_seq_len)
+        interests = self._interests(x, item_seq_len, mask, every_position=self.causal)
+        if interests is not None and not self.causal:
+            interests = interests[:, None]
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.blocks[-1](x, mask, interests)
+
+    def encode_last(self, item_seq, item_seq_len):
+        x, mask = self._inputs(item_seq, item_seq_len)
+        interests = self._interests(x, item_seq_len, mask, every_position=False)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        last = self.gather_indexes(x, (item_seq_len - 1).clamp_min(0))
+        return self.blocks[-1].forward_last(x, last, mask, interests)
+
+    def drop_sequence_mixer(self):
+        """Identity in place of every LDA sublayer; IMR, which only feeds them, goes too."""
+        for block in self.blocks:
+            block.lda = None
+        self.imr = None
+        return self
+
+    # -- streaming inference (protocol on the base) -----------------------------------------
+    # State: one (sum k a^T, sum a^T v, Z) triple per layer, then (with IMR) the running sum of
+    # the inputs for the memory query. Learned positions: at most max_seq_length items.
+    def stream_limit(self):
+        return self.max_seq_length
+
+    def _stream_init(self, batch_size):
+        device = self.item_embedding.weight.device
+        layers = []
+        for block in self.blocks:
+            heads, experts, size = block.lda.experts.shape
+            layers.append((torch.zeros(batch_size, heads, size, experts, device=device),
+                           torch.zeros(batch_size, heads, experts, size, device=device),
+                           torch.zeros(batch_size, heads, experts, device=device)))
+        if self.imr is not None:
+            layers.append(torch.zeros(batch_size, self.hidden_size, device=device))
+        return layers
+
+    def _stream_build(self, item_seq, item_seq_len):
+        x, mask = self._inputs(item_seq, item_seq_len)
+        inputs_sum = [] if self.imr is None else [(x * mask[..., None]).sum(1)]
+        layers = []
+        for block in self.blocks[:-1]:
+            layers.append(block.lda.state(x, mask))
+            x = block(x, mask)
+        return layers + [self.blocks[-1].lda.state(x, mask)] + inputs_sum
+
+    def _stream_step(self, item_ids, positions, layers):
+        x = self._embed(item_ids, positions)
+        interests, new_layers = None, []
+        if self.imr is not None:
+            total = layers[-1] + x
+            interests = self.imr(total / (positions + 1)[:, None].to(x.dtype), x)
+        for i, (block, state) in enumerate(zip(self.blocks, layers)):
+            x, state = block.lda.step(x, state, interests if i == len(self.blocks) - 1 else None)
+            x = block.feed_forward(x)
+            new_layers.append(state)
+        return x, new_layers + ([] if self.imr is None else [total])
+
+
+__all__ = ["ELASTIC"]

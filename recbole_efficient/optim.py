@@ -1,0 +1,86 @@
+"""Optimisers for models with a sparse parameter group (ELASTIC's memory bank); built by
+``recbole_efficient.trainer.build_optimizer``."""
+
+import math
+
+import torch
+
+__all__ = ["LazyAdam", "OptimizerChain"]
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam for parameters with sparse (row) gradients: only the rows in the gradient and
+    their moments are updated, so a step costs O(rows touched), whatever the number of rows.
+
+    The update of a touched row is ``torch.optim.Adam``'s (no weight decay); rows absent from
+    a gradient keep their parameters and moments, as in ``torch.optim.SparseAdam``. One
+    gather and one scatter per state on the coalesced rows cost about half of SparseAdam's
+    sparse-tensor arithmetic on CPU.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("LazyAdam needs sparse gradients (e.g. "
+                                       "nn.Embedding(sparse=True)); use Adam for dense ones.")
+                grad = param.grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
+                exp_avg_sq.addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                bias1 = 1 - beta1 ** state["step"]
+                bias2 = 1 - beta2 ** state["step"]
+                denom = exp_avg_sq.sqrt_().div_(math.sqrt(bias2)).add_(group["eps"])
+                param.index_add_(0, rows, exp_avg.div_(denom), alpha=-group["lr"] / bias1)
+        return loss
+
+
+class OptimizerChain:
+    """Optimisers over disjoint parameter groups, stepped, zeroed and saved as one."""
+
+    def __init__(self, optimizers):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self):
+        return {"chain": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for opt, state in zip(self.optimizers, state_dict["chain"], strict=True):
+            opt.load_state_dict(state)

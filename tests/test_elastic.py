@@ -1,0 +1,332 @@
+"""ELASTIC: causality (retrieval included), padding, the lean last-position path, streaming,
+sparse memory gradients and their optimiser, config errors, checkpoints, and learning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_efficient import Config, get_model, get_trainer
+from recbole_efficient.model import elastic as elastic_module
+from recbole_efficient.optim import LazyAdam, OptimizerChain
+from recbole_efficient.trainer import build_optimizer
+from recbole_efficient.validation import ConfigError
+
+from conftest import TINY, StubDataset
+
+N_ITEMS = 50
+SMALL = {"hidden_size": 16, "n_layers": 2, "n_heads": 2, "inner_size": 32, "n_experts": 4,
+         "chunk_size": 4, "memory_size": 64, "memory_topk": 4, "memory_heads": 2,
+         "MAX_ITEM_LIST_LENGTH": 24}
+POPULARITY_NDCG10 = 0.0403  # ml-100k test NDCG@10 of item popularity (issue 8)
+
+
+def make_model(seed=0, **overrides):
+    cfg = dict(SMALL, **overrides)
+    if cfg.get("lda_causal") is False:
+        cfg.setdefault("train_mode", "augmented")
+    config = Config(model="ELASTIC", dataset="ml-100k", config_dict=cfg, read_cmd_line=False)
+    torch.manual_seed(seed)
+    model = get_model("ELASTIC")(config, StubDataset(N_ITEMS))
+    with torch.no_grad():  # O(1) logits, so that tolerances mean something
+        model.item_embedding.weight[1:].normal_(generator=torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+def right_padded(lengths, width, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, N_ITEMS, (len(lengths), width), generator=gen)
+    lengths = torch.tensor(lengths)
+    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
+    return seq, lengths
+
+
+FORMS = [pytest.param(True, id="causal"), pytest.param(False, id="noncausal")]
+
+
+# -- causality, padding, the last-position path ---------------------------------------------
+def test_causal_output_including_retrieval_unchanged_by_later_items():
+    model = make_model()
+    seq, lengths = right_padded([20, 20], 20)
+    changed = seq.clone()
+    changed[:, 11:] = (seq[:, 11:] % (N_ITEMS - 1)) + 1
+    out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
+    torch.testing.assert_close(out2[:, :11], out[:, :11], atol=0, rtol=0)
+    assert not torch.allclose(out2[:, 11:], out[:, 11:])
+    # the retrieval itself: the interests of positions 0..10 do not move either
+    x, mask = model._inputs(seq, lengths)
+    x2, _ = model._inputs(changed, lengths)
+    interests = model._interests(x, lengths, mask, every_position=True)
+    interests2 = model._interests(x2, lengths, mask, every_position=True)
+    torch.testing.assert_close(interests2[:, :11], interests[:, :11], atol=0, rtol=0)
+    # the whole-sequence form does see the future: the check above can fail
+    noncausal = make_model(lda_causal=False)
+    assert not torch.allclose(noncausal.encode(seq, lengths)[:, :11],
+                              noncausal.encode(changed, lengths)[:, :11])
+
+
+@pytest.mark.parametrize("causal", FORMS)
+@pytest.mark.parametrize("use_imr", [True, False])
+def test_padding_changes_nothing_and_last_position_path_is_exact(causal, use_imr):
+    model = make_model(lda_causal=causal, use_imr=use_imr)
+    seq, lengths = right_padded([9, 1, 4], 9)
+    padded = F.pad(seq, (0, 11))  # 20 wide: zeros appended
+    out = model.encode(padded, lengths)
+    last = model.encode_last(padded, lengths)
+    for row, n in enumerate(lengths.tolist()):
+        alone = model.encode(seq[row:row + 1, :n], lengths[row:row + 1])
+        torch.testing.assert_close(out[row, :n], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(last[row], alone[0, n - 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.encode_last(seq, lengths), last, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+@pytest.mark.parametrize("causal", FORMS)
+def test_length_one_and_all_pad_rows_train_without_nan(causal):
+    model = make_model(lda_causal=causal).train()
+    seq, lengths = right_padded([6, 1, 0], 6)
+    for encode in (lambda: model.encode(seq, lengths)[:, 0],
+                   lambda: model.encode_last(seq, lengths)):
+        # anomaly mode: no NaN even in intermediate gradients
+        with torch.autograd.detect_anomaly():
+            loss = F.cross_entropy(model.logits(encode()), torch.tensor([1, 2, 3]))
+            loss.backward()
+        assert torch.isfinite(loss)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                grad = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+                assert torch.isfinite(grad).all(), name
+        model.zero_grad()
+
+
+def test_dropping_the_mixer_leaves_a_position_wise_model():
+    model = make_model().drop_sequence_mixer()
+    assert model.imr is None and all(block.lda is None for block in model.blocks)
+    assert not any("lda" in name or "imr" in name for name, _ in model.named_parameters())
+    seq, lengths = right_padded([8, 8], 8)
+    changed = seq.clone()
+    changed[:, :7] = (seq[:, :7] % (N_ITEMS - 1)) + 1
+    # nothing mixes positions any more: position 7 ignores every earlier item
+    torch.testing.assert_close(model.encode(changed, lengths)[:, 7],
+                               model.encode(seq, lengths)[:, 7], atol=0, rtol=0)
+    torch.testing.assert_close(model.encode_last(seq, lengths), model.encode(seq, lengths)[:, 7])
+
+
+# -- streaming ----------------------------------------------------------------------------
+@pytest.mark.parametrize("use_imr", [True, False])
+def test_step_scores_equal_full_forward_at_every_step(use_imr):
+    model = make_model(use_imr=use_imr)
+    seq, lengths = right_padded([24, 24, 24], 24)
+    full = model.logits(model.encode(seq, lengths))
+    state = model.init_state(3)
+    assert len(state.layers) == 2 + use_imr
+    for t in range(24):
+        scores, state = model.step(seq[:, t], state)
+        torch.testing.assert_close(scores, full[:, t], atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=24"):
+        model.step(seq[:, 0], state)
+
+
+def test_build_state_then_step_equals_full_forward_on_extended_history():
+    model = make_model()
+    seq, lengths = right_padded([20, 7, 1, 0], 21, seed=3)
+    nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
+    state = model.build_state(seq[:, :20], lengths)
+    scores, _ = model.step(nxt, state)
+    extended = seq.clone()
+    extended[torch.arange(4), lengths] = nxt
+    expected = model.full_sort_predict({model.ITEM_SEQ: extended, model.ITEM_SEQ_LEN: lengths + 1})
+    torch.testing.assert_close(scores, expected, atol=2e-5, rtol=1e-5)
+    empty = model.init_state(1)
+    for built, init in zip(state.layers, empty.layers):
+        for b, i in zip(built if isinstance(built, tuple) else (built,),
+                        init if isinstance(init, tuple) else (init,)):
+            assert torch.equal(b[3:4], i)  # a row of length 0 is the empty state
+
+
+def test_noncausal_form_does_not_stream_and_trains_augmented_only():
+    model = make_model(lda_causal=False)
+    assert not model.supports_streaming()
+    with pytest.raises(NotImplementedError, match="full_sort_predict"):
+        model.init_state(2)
+    with pytest.raises(ConfigError, match="needs a causal encoder"):
+        make_model(lda_causal=False, train_mode="all_positions")
+
+
+# -- the memory: sparse gradients, optimiser, clipping ------------------------------------------
+def test_only_retrieved_slots_get_gradients_and_updates(monkeypatch):
+    retrieved, search = [], elastic_module.product_key_topk
+
+    def recording_search(query, sub_keys, topk):
+        scores, slots = search(query, sub_keys, topk)
+        retrieved.append(slots.flatten())
+        return scores, slots
+
+    monkeypatch.setattr(elastic_module, "product_key_topk", recording_search)
+    model = make_model(memory_size=256, memory_topk=2, memory_heads=1).train()
+    seq, lengths = right_padded([5, 5], 5)
+    model.calculate_loss({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths,
+                          model.TARGET_SEQ: torch.randint(1, N_ITEMS, (2, 5))}).backward()
+    hit = torch.zeros(256, dtype=torch.bool)
+    hit[torch.cat(retrieved)] = True
+    grad = model.imr.values.grad
+    assert grad.is_sparse and 0 < int(hit.sum()) <= 2 * 5 * 2
+    dense = grad.to_dense()
+    assert torch.count_nonzero(dense[~hit]) == 0            # every other slot: exactly zero
+    assert (dense[hit].abs().sum(1) > 0).all()
+
+    optimizer = build_optimizer(model, "adam", 0.01, 0.0)
+    assert isinstance(optimizer, OptimizerChain)
+    assert [type(o).__name__ for o in optimizer.optimizers] == ["Adam", "LazyAdam"]
+    before = model.imr.values.detach().clone()
+    assert torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3) > 1e-3
+    optimizer.step()
+    moved = (model.imr.values.detach() != before).any(1)
+    assert torch.equal(moved, hit)                             # LazyAdam: retrieved rows only
+
+
+def test_gradient_clipping_counts_sparse_rows_once_coalesced():
+    model = make_model(memory_size=16, memory_topk=4, memory_heads=2).train()
+    seq, lengths = right_padded([8, 8], 8)
+    model.calculate_loss({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths,
+                          model.TARGET_SEQ: torch.randint(1, N_ITEMS, (2, 8))}).backward()
+    grads = [p.grad.to_dense() for p in model.parameters() if p.grad is not None]
+    expected = torch.cat([g.flatten() for g in grads]).norm()
+    # 16 slots, 32 retrievals per layer input: the sparse gradient repeats rows
+    assert model.imr.values.grad._nnz() > 16
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    torch.testing.assert_close(total, expected)
+    clipped = torch.cat([p.grad.to_dense().flatten() for p in model.parameters()
+                         if p.grad is not None]).norm()
+    torch.testing.assert_close(clipped, torch.tensor(0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_adam_is_adam_on_the_rows_it_sees():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    lazy_param = torch.nn.Parameter(table.clone())
+    dense_param = torch.nn.Parameter(table[:4].clone())
+    lazy, adam = LazyAdam([lazy_param], lr=0.1), torch.optim.Adam([dense_param], lr=0.1)
+    for _ in range(3):
+        # rows 0..3 in every gradient (row 2 twice: duplicates are summed), rows 4, 5 never
+        rows = torch.tensor([2, 0, 1, 2, 3])
+        values = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        lazy_param.grad = torch.sparse_coo_tensor(rows[None], values, (6, 3),
+                                                  check_invariants=True)
+        dense_param.grad = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, rows, values)
+        lazy.step()
+        adam.step()
+    torch.testing.assert_close(lazy_param.detach()[:4], dense_param.detach(), atol=1e-12,
+                               rtol=1e-12)
+    assert torch.equal(lazy_param.detach()[4:], table[4:])
+    assert torch.count_nonzero(lazy.state[lazy_param]["exp_avg"][4:]) == 0
+    lazy_param.grad = torch.ones(6, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        lazy.step()
+
+
+def test_optimizer_groups_and_trainer_optimizer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = make_model(memory_lr_scale=10.0)
+    dense, sparse = model.optimizer_groups(0.01)
+    assert sparse == {"params": [model.imr.values], "sparse": True, "lr_scale": 10.0}
+    assert len(dense["params"]) == sum(1 for _ in model.parameters()) - 1
+    config = Config(model="ELASTIC", dataset="ml-100k", config_dict=dict(SMALL),
+                    read_cmd_line=False)
+    trainer = get_trainer(config["MODEL_TYPE"], "ELASTIC")(config, model)
+    assert isinstance(trainer.optimizer, OptimizerChain)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.001, 0.01])
+    plain = make_model(use_imr=False)
+    assert len(plain.optimizer_groups(0.0)) == 1
+    trainer = get_trainer(config["MODEL_TYPE"], "ELASTIC")(config, plain)
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+
+
+def test_trained_checkpoint_reloads_with_both_optimizers(tiny):
+    from recbole_efficient import load_data_and_model, run_recbole_efficient
+
+    _, cfg = tiny
+    result = run_recbole_efficient("ELASTIC", TINY, read_cmd_line=False, config_dict=cfg(
+        epochs=1, n_experts=4, memory_size=64, memory_topk=4))
+    ckpt = torch.load(result["saved_model_file"], weights_only=True)
+    assert [len(o["param_groups"]) for o in ckpt["optimizer"]["chain"]] == [1, 1]
+    config, model, *_ = load_data_and_model(result["saved_model_file"])
+    assert type(model).__name__ == "ELASTIC" and config["memory_size"] == 64
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, ckpt["state_dict"][name]), name
+    trainer = get_trainer(config["MODEL_TYPE"], "ELASTIC")(config, model)
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])  # resumable
+
+
+def test_noncausal_form_trains_augmented_end_to_end(tiny):
+    from recbole_efficient import run_recbole_efficient
+
+    _, cfg = tiny
+    result = run_recbole_efficient("ELASTIC", TINY, read_cmd_line=False, saved=False,
+                                   config_dict=cfg(lda_causal=False, train_mode="augmented",
+                                                   memory_size=64, memory_topk=4))
+    assert 0 <= float(result["test_result"]["ndcg@10"]) <= 1
+
+
+# -- configuration ---------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    ({"n_experts": 0}, "n_experts=0 must be an integer >= 1; use --n_experts=16 (the default)."),
+    ({"memory_topk": 80, "memory_size": 64},
+     "memory_topk=80 exceeds memory_size=64: at most memory_size slots can be retrieved; use "
+     "--memory_topk=8 or less."),
+    ({"memory_topk": 9, "memory_size": 64},
+     "memory_topk=9 is larger than sqrt(memory_size)=8: product keys take the top-k of each of "
+     "two sets of sqrt(memory_size) sub-keys; use --memory_topk=8 or less, or a larger "
+     "--memory_size."),
+    ({"memory_size": 1000},
+     "memory_size=1000 is not a perfect square: product keys address n x n slots; use e.g. "
+     "--memory_size=1024."),
+    ({"hidden_size": 30, "n_heads": 4},
+     "hidden_size=30 is not divisible by n_heads=4: each head gets hidden_size / n_heads "
+     "features; choose n_heads among the divisors of hidden_size."),
+    ({"hidden_size": 15, "n_heads": 1},
+     "hidden_size=15 is odd: product keys split the memory query into two halves; use an even "
+     "--hidden_size or --use_imr=False."),
+    ({"chunk_size": 0}, "chunk_size=0 must be an integer >= 1; use --chunk_size=64 (the "
+                        "default)."),
+    ({"memory_lr_scale": 0}, "memory_lr_scale=0 must be a number > 0; use "
+                             "--memory_lr_scale=1.0 (the default)."),
+])
+def test_each_bad_combination_is_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        Config(model="ELASTIC", dataset="no-such-dataset", config_dict=overrides,
+               read_cmd_line=False)
+    assert err.value.problems == [message]
+
+
+def test_memory_keys_are_free_without_imr():
+    make_model(use_imr=False, memory_size=1000, memory_topk=500, hidden_size=15, n_heads=1)
+
+
+def test_cli_reports_each_bad_input_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_recbole_efficient.py"
+    out = subprocess.run([sys.executable, str(script), "--model=ELASTIC", "--n_experts=0",
+                          "--memory_size=1000"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-2].startswith("  - n_experts=0 must be") and \
+        lines[-1].startswith("  - memory_size=1000 is not a perfect square"), out.stderr
+
+
+# -- learning ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_imr", [True, False])
+def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, use_imr):
+    import recbole_efficient
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"epochs": 3, "learning_rate": 0.002, "hidden_size": 32, "MAX_ITEM_LIST_LENGTH": 32,
+           "train_batch_size": 32, "use_imr": use_imr, "show_progress": False,
+           "eval_step": 100, "seed": 2020, "metrics": ["NDCG"], "topk": [10],
+           "valid_metric": "NDCG@10"}
+    result = recbole_efficient.run_recbole_efficient(
+        model="ELASTIC", dataset="ml-100k", config_dict=cfg, read_cmd_line=False, saved=False)
+    assert float(result["test_result"]["ndcg@10"]) > 1.1 * POPULARITY_NDCG10, result
