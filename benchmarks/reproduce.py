@@ -145,6 +145,8 @@ def status_of(result, args):
         return "converged (early-stopped)"
     if reason == "budget":
         return "budget-limited, not converged"
+    if reason == "fault":
+        return "stopped by a non-finite loss"
     return f"epoch-limited ({args.epochs}), not converged"
 
 
@@ -152,18 +154,18 @@ def row_of(protocol, model, config_dict, result, wall, args):
     secs = list(result.get("train_epoch_seconds") or [])
     test = {k.lower(): float(v) for k, v in (result.get("test_result") or {}).items()}
     history = result.get("valid_history") or []
-    best = max(history, key=lambda h: h[1])[0] if history else None
     row = {
         "protocol": protocol, "model": model, "train_mode": config_dict.get("train_mode"),
         "device": args.device, "budget_s": args.time_budget, "status": status_of(result, args),
-        "epochs": len(secs), "best_epoch": best, "train_s": round(sum(secs), 1),
+        "epochs": len(secs), "best_epoch": result.get("best_epoch"), "train_s": round(sum(secs), 1),
         "wall_s": round(wall, 1),
         "s_per_epoch": round(statistics.median(secs), 2) if secs else None,
         "valid_history": history,
     }
     for key in METRIC_KEYS:
         row[key] = round(test[key], 4) if key in test else None
-    paper = PAPER.get(PAPER_ROW.get(model)) if protocol == "lrurec" else None
+    paper = (PAPER.get(PAPER_ROW.get(model))
+             if protocol == "lrurec" and args.dataset == "ml-1m" else None)
     for key in PAPER_KEYS:
         row["paper_" + key] = paper[key] if paper else None
     return row
@@ -193,10 +195,10 @@ def run_one(args, protocol, model, log=print):
 
 
 def latest_checkpoint(folder):
-    """The newest resumable checkpoint RecBole's trainer left in ``folder/saved``, if any."""
-    saved = folder / "saved"
-    files = sorted(saved.glob("*.pth"), key=lambda p: p.stat().st_mtime) if saved.is_dir() else []
-    return files[-1] if files else None
+    """The run folder (``saved/<Model>-<time>-<id>/``) of the newest interrupted run in
+    ``folder``, if any: the one whose ``latest.pth`` was written last."""
+    runs = sorted(folder.glob("saved/*/latest.pth"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
 
 
 # -- reports ------------------------------------------------------------------------------------
@@ -210,7 +212,7 @@ def _fmt(value):
 
 def markdown_report(meta, rows):
     lines = [
-        "# Reproduction on ml-1m",
+        f"# Reproduction on {meta['dataset']}",
         "",
         f"- command: `{meta['command']}`",
         f"- date (UTC): {meta['date_utc']}; device: {meta['device']}; seed {meta['seed']}",
@@ -291,7 +293,7 @@ def main(argv=None):
     meta = {
         "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": args.device, "seed": args.seed, "epochs": args.epochs,
+        "dataset": args.dataset, "device": args.device, "seed": args.seed, "epochs": args.epochs,
         "time_budget": args.time_budget, "protocols": args.protocols, "models": args.models,
         "overrides": args.overrides, "environment": C.environment(args.device),
         "dataset_check": dataset_check(args),
