@@ -62,7 +62,7 @@ def test_every_batch_is_cut_to_its_longest_row(tiny):
 
 def test_length_buckets_visit_every_row_once_per_epoch(tiny):
     _, cfg = tiny
-    config, (train, _, _) = loaders(cfg)
+    config, (train, _, _) = loaders(cfg, bucket_by_length=True)
     _, (rb_train, _, _) = loaders(cfg, prepare=recbole_data_preparation)
     assert train.bucketed
     expected = rows([train._dataset.inter_feat], config)

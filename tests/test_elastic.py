@@ -323,7 +323,9 @@ def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, use_imr):
     import recbole_efficient
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"epochs": 3, "learning_rate": 0.002, "hidden_size": 32, "MAX_ITEM_LIST_LENGTH": 32,
+    # 3 epochs land within noise of the threshold depending on batch composition (length
+    # buckets on: 0.0423, off: 0.0469); 5 epochs: 0.0561.
+    cfg = {"epochs": 5, "learning_rate": 0.002, "hidden_size": 32, "MAX_ITEM_LIST_LENGTH": 32,
            "train_batch_size": 32, "use_imr": use_imr, "show_progress": False,
            "eval_step": 100, "seed": 2020, "metrics": ["NDCG"], "topk": [10],
            "valid_metric": "NDCG@10"}

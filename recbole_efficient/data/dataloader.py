@@ -5,8 +5,9 @@ positions do not depend on right padding (their absolute positions start at the 
 evaluation batches and the training batches of modes with a loss at every position
 (``all_positions`` and later ones) are cut to their longest row: every per-position list
 field (one whose declared length is ``MAX_ITEM_LIST_LENGTH``: inputs, per-position targets,
-any other list a training mode adds) loses the columns beyond it. Those training rows are
-moreover drawn from length buckets (``bucket_by_length``): each epoch, rows sorted by length
+any other list a training mode adds) loses the columns beyond it. With ``bucket_by_length``
+(off by default: it slows early learning) those training rows are drawn from length buckets:
+each epoch, rows sorted by length
 (ties in random order) are cut into batches of about ``train_batch_size`` x (mean row length)
 positions, visited in random order. Every row is seen once per epoch, rows of similar length
 share a batch, an epoch has about as many batches as without buckets, and as the loss is a mean
