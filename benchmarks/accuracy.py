@@ -158,28 +158,38 @@ def row_from_result(name, config_dict, result, wall_seconds):
     return row
 
 
+def train_and_test(name, args, workdir, log=print, **run_kwargs):
+    """``(config_dict, result, error)`` of one model trained and tested in ``workdir``.
+
+    ``run_kwargs`` go to ``run_recbole_efficient``; one failing model does not stop the others:
+    its traceback is logged and ``error`` says what failed.
+    """
+    cwd = os.getcwd()
+    config_dict, result, error = {"train_mode": None}, None, None
+    try:
+        os.chdir(workdir)
+        config_dict = model_config_dict(name, args)
+        result = recbole_efficient.run_recbole_efficient(
+            model=name, dataset=args.dataset, config_dict=config_dict, saved=True,
+            read_cmd_line=False, **run_kwargs)
+    except Exception as err:  # noqa: BLE001
+        log(traceback.format_exc())
+        error = f"{type(err).__name__}: {err}"[:500]
+    finally:
+        os.chdir(cwd)
+    return config_dict, result, error
+
+
 def run_model(name, args, log=print):
     """Train and test one model in its own temporary working directory."""
-    cwd = os.getcwd()
     started = time.perf_counter()
-    config_dict = {"train_mode": None}
     with tempfile.TemporaryDirectory(prefix=f"accuracy_{name}_") as workdir:
-        try:
-            os.chdir(workdir)
-            config_dict = model_config_dict(name, args)
-            result = recbole_efficient.run_recbole_efficient(
-                model=name, dataset=args.dataset, config_dict=config_dict, saved=True,
-                read_cmd_line=False)
-            row = row_from_result(name, config_dict, result, time.perf_counter() - started)
-        except Exception as err:  # noqa: BLE001 - one failing model does not stop the others
-            log(traceback.format_exc())
-            row = {"model": name, "train_mode": config_dict.get("train_mode"), "status": "error",
-                   "wall_seconds": round(time.perf_counter() - started, 1),
-                   "error": f"{type(err).__name__}: {err}"[:500]}
-        finally:
-            os.chdir(cwd)
-            _keep_logs(Path(workdir), Path(args.out) / "logs", name)
-    return row
+        config_dict, result, error = train_and_test(name, args, workdir, log)
+        _keep_logs(Path(workdir), Path(args.out) / "logs", name)
+    if error:
+        return {"model": name, "train_mode": config_dict.get("train_mode"), "status": "error",
+                "wall_seconds": round(time.perf_counter() - started, 1), "error": error}
+    return row_from_result(name, config_dict, result, time.perf_counter() - started)
 
 
 def _keep_logs(workdir, dest, name):

@@ -59,6 +59,9 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         "train_epoch_seconds": list(trainer.epoch_seconds),
         "train_losses": [trainer.train_loss_dict[e] for e in sorted(trainer.train_loss_dict)],
         "fault": trainer.fault,
+        "valid_history": [list(h) for h in trainer.valid_history],
+        "best_epoch": trainer.best_epoch,
+        "stop_reason": trainer.stop_reason,
     }
     if not config["single_spec"]:
         dist.destroy_process_group()

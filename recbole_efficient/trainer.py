@@ -71,6 +71,8 @@ class EfficientTrainerMixin:
         self.saved_model_file = None  # run_dir/best.pth once fit(saved=True) starts
         self.fault = None
         self.best_epoch = None
+        self.valid_history = []  # [epoch, valid score] of every validation of this run
+        self.stop_reason = None  # why the last fit ended: early_stopping, epochs, budget, fault
         self._elapsed_before = 0.0  # wall-clock seconds spent before a resume
         self._resume_rng = None
         self._saved = False
@@ -94,25 +96,34 @@ class EfficientTrainerMixin:
             set_rng_state(self._resume_rng, self._generator)
             self._resume_rng = None
         if self.start_epoch > 0 and self._run_is_over():
+            budget = self.config["train_time_budget"]
+            self.stop_reason = ("early_stopping" if self.cur_step > self.stopping_step
+                                else "budget" if budget and self._elapsed_before >= budget
+                                else "epochs")
             self.logger.info(set_color("Nothing left to train", "yellow")
                              + f": the resumed run ended at epoch {self.start_epoch - 1}.")
             return self.best_valid_score, self.best_valid_result
         self._fit_started = time.time() - self._elapsed_before
         self._epoch = self._done_epoch = None
         self.fault = None
+        self.stop_reason = None
         restore_sigint = self._catch_sigint()
         try:
             try:
                 result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                                      show_progress=show_progress, callback_fn=callback_fn)
+                self.stop_reason = ("early_stopping" if self.cur_step > self.stopping_step
+                                    else "epochs")
             except _BudgetExhausted:
                 self.logger.info(set_color("train_time_budget", "yellow")
                                  + f" of {self.config['train_time_budget']}s spent; stopping.")
+                self.stop_reason = "budget"
                 result = self.best_valid_score, self.best_valid_result
             self._epoch_done(self._epoch, final=True)
             return result
         except NonFiniteLoss as err:
             self.fault = str(err)
+            self.stop_reason = "fault"
             self.logger.error(self.fault)
             return self.best_valid_score, self.best_valid_result
         except KeyboardInterrupt:
@@ -164,6 +175,7 @@ class EfficientTrainerMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self.last_validation = (self._epoch, valid_result)
+        self.valid_history.append([self._epoch, float(valid_score)])
         return valid_score, valid_result
 
     def _epoch_done(self, epoch, final=False):
@@ -231,6 +243,7 @@ class EfficientTrainerMixin:
             "optimizer": self.optimizer.state_dict(),
             "train_loss": dict(self.train_loss_dict),
             "epoch_seconds": list(self.epoch_seconds),
+            "valid_history": [list(h) for h in self.valid_history],
             "elapsed": time.time() - self._fit_started,
             "rng": rng_state(self._generator),
         }
@@ -272,6 +285,7 @@ class EfficientTrainerMixin:
         self.best_epoch = checkpoint.get("best_epoch")
         self.train_loss_dict = dict(checkpoint.get("train_loss", {}))
         self.epoch_seconds = list(checkpoint.get("epoch_seconds", []))
+        self.valid_history = [list(h) for h in checkpoint.get("valid_history", [])]
         self._elapsed_before = checkpoint.get("elapsed", 0.0)
         self._resume_rng = checkpoint.get("rng")
         self.run_dir = path.parent

@@ -277,3 +277,50 @@ def test_streaming_covers_every_model_with_the_api(capsys):
     assert "| LinRec | 9 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="LinRecBERT has no streaming"):
         streaming.main(["--models", "LinRecBERT", "--lengths", "4", "--hidden_size", "8"])
+
+
+# -- reproduction ----------------------------------------------------------------------------
+def test_reproduce_protocols_and_gpu_budget():
+    from benchmarks import reproduce
+
+    args = reproduce.parse_args(["--models", "LRURec", "SASRec", "--device", "cuda",
+                                 "--gpu_minutes", "10", "--train_batch_size=256"])
+    assert args.time_budget == 10 * 60 / 4 - 20  # 2 models x 2 protocols share 10 minutes
+    lru, rb = reproduce.run_args(args, "lrurec"), reproduce.run_args(args, "recbole")
+    assert lru.exclude_history and not rb.exclude_history
+    assert lru.overrides["valid_metric"] == "Recall@10" and rb.overrides["valid_metric"] == "NDCG@10"
+    for run in (lru, rb):
+        assert run.overrides["MAX_ITEM_LIST_LENGTH"] == 200 and run.overrides["stopping_step"] == 10
+        assert run.overrides["train_batch_size"] == 256 and run.overrides["gpu_id"] == "0"
+        assert run.eval_mode == "full" and run.time_budget == args.time_budget
+    fake = {"test_result": {"ndcg@10": 0.1}, "train_epoch_seconds": [2.0], "best_epoch": 0,
+            "stop_reason": "budget", "valid_history": [[0, 0.2]]}
+    row = reproduce.row_of("lrurec", "SoftmaxSASRec", {}, fake, 5.0, args)
+    assert row["paper_ndcg@10"] == 0.19021 and row["status"] == "budget-limited, not converged"
+    assert reproduce.row_of("recbole", "LRURec", {}, fake, 5.0, args)["paper_ndcg@10"] is None
+
+
+def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny, monkeypatch):
+    from benchmarks import reproduce
+
+    root, _ = tiny
+    out = root / "repro"
+    argv = ["--models", "SoftmaxSASRec", "--dataset", TINY, "--data_path", str(root),
+            "--out", str(out), "--MAX_ITEM_LIST_LENGTH=8", "--hidden_size=8", "--n_layers=1",
+            "--n_heads=1", "--inner_size=16", "--eval_batch_size=64", "--train_batch_size=16"]
+    first = reproduce.main(argv + ["--protocols", "lrurec", "recbole", "--epochs", "1"])
+    assert [(r["protocol"], r["status"], r["epochs"]) for r in first] == [
+        ("lrurec", "epoch-limited (1), not converged", 1),
+        ("recbole", "epoch-limited (1), not converged", 1)]
+    assert all(0 <= r["recall@10"] <= 1 and r["paper_ndcg@10"] is None for r in first)
+    md = (out / "reproduce.md").read_text()
+    assert "LRURec's protocol" in md and "RecBole's protocol" in md
+    assert (out / "reproduce_curves.png").is_file() and (out / "reproduce.csv").is_file()
+
+    # An interrupted run (no result.json yet) continues in its own run folder.
+    run = out / "runs" / "lrurec" / "SoftmaxSASRec"
+    (run / "result.json").unlink()
+    resumed, reused = reproduce.main(argv + ["--protocols", "lrurec", "recbole", "--epochs", "3"])
+    assert resumed["epochs"] == 3 and [e for e, _ in resumed["valid_history"]] == [0, 1, 2]
+    assert len(list(run.glob("saved/*/latest.pth"))) == 1
+    assert reused == first[1]  # finished runs are not repeated

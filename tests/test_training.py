@@ -114,6 +114,17 @@ def test_run_folder_holds_best_and_latest_state(reference):
     assert best["best_valid_score"] == latest["best_valid_score"] == result["best_valid_score"]
 
 
+def test_result_tells_the_validation_history_and_why_training_stopped(reference):
+    _, result = reference
+    history = result["valid_history"]
+    assert [epoch for epoch, _ in history] == list(range(EPOCHS))
+    best_score = max(score for _, score in history)
+    assert result["best_valid_score"] == pytest.approx(best_score)
+    # RecBole keeps the last of equal scores
+    assert result["best_epoch"] == max(e for e, s in history if s == best_score)
+    assert result["stop_reason"] == "epochs"
+
+
 # -- resume -----------------------------------------------------------------------------------
 def test_killed_run_resumes_with_the_uninterrupted_metrics(reference, tmp_path):
     """SIGKILL after epoch k, then --resume=<run folder>: same losses, weights and metrics."""
@@ -147,6 +158,7 @@ def test_killed_run_resumes_with_the_uninterrupted_metrics(reference, tmp_path):
     assert _run_dirs(tmp_path / "saved") == [run_dir]  # continued in the same folder
     resumed = torch.load(run_dir / "latest.pth", weights_only=True)
     assert list(resumed["train_loss"].values()) == expected["train_losses"]
+    assert resumed["valid_history"] == expected["valid_history"]
     assert _same_weights(run_dir / "best.pth", expected["saved_model_file"])
     test_line = "test_result: " + "  ".join(f"{k}={float(v):.4f}"
                                             for k, v in expected["test_result"].items())
@@ -250,6 +262,29 @@ def test_same_seed_same_losses_and_metrics(tiny, name):
         assert _same_weights(runs[0]["saved_model_file"], runs[1]["saved_model_file"])
 
 
+def test_stop_reason_early_stopping_and_budget(tiny, monkeypatch):
+    from recbole.trainer import Trainer
+
+    _, cfg = tiny
+    scores = iter([0.5, 0.4, 0.6, 0.3, 0.2, 0.1, 0.0] + [0.0] * 20)
+
+    def falling_scores(self, valid_data, show_progress=False):
+        score = next(scores)
+        return score, {"ndcg@10": score}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_valid_epoch", falling_scores)
+        result = run_recbole_efficient("LRURec", TINY, read_cmd_line=False,
+                                       config_dict=cfg(epochs=20, stopping_step=2))
+    assert result["stop_reason"] == "early_stopping"
+    assert [s for _, s in result["valid_history"]] == [0.5, 0.4, 0.6, 0.3, 0.2, 0.1]
+    assert result["best_epoch"] == 2 and len(result["train_epoch_seconds"]) == 6
+
+    result = run_recbole_efficient("LRURec", TINY, read_cmd_line=False,
+                                   config_dict=cfg(epochs=20, train_time_budget=1e-6))
+    assert result["stop_reason"] == "budget" and len(result["train_epoch_seconds"]) == 1
+
+
 # -- numerical faults --------------------------------------------------------------------------
 def _poison_loss(monkeypatch, model_class, epoch, batch, value=float("nan")):
     """Multiply the loss of one training batch (0-based epoch, 1-based batch) by ``value``."""
@@ -280,6 +315,7 @@ def test_non_finite_loss_stops_and_tests_the_best_checkpoint(tiny, monkeypatch, 
     fault = result["fault"]
     assert f"Training loss is {value}" in fault and "epoch 2, batch 2 of" in fault
     assert "learning_rate" in fault and "clip_grad_norm" in fault
+    assert result["stop_reason"] == "fault"
     assert len(result["train_losses"]) == 2 and result["test_result"] is not None
     _, model, _, _, _, _ = load_data_and_model(result["saved_model_file"])  # still loadable
     assert all(torch.isfinite(p).all() for p in model.parameters())
