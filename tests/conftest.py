@@ -14,6 +14,31 @@ torch.set_num_threads(1)
 TINY = "tiny"
 
 
+def right_padded(lengths, width, n_items, seed=0):
+    """Random item ids in [1, n_items), row i right-padded with 0 after ``lengths[i]``."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, n_items, (len(lengths), width), generator=gen)
+    lengths = torch.tensor(lengths)
+    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
+    return seq, lengths
+
+
+def full_sort_scores(model, seq, lengths):
+    return model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+
+
+def assert_step_after_build_state_is_full_forward(model, seq, lengths, nxt, atol):
+    """``build_state`` on ``seq`` (one column of room left), one ``step`` with ``nxt``: the
+    scores equal a full forward over the history extended by ``nxt``. Returns the built state."""
+    state = model.build_state(seq[:, :-1], lengths)
+    scores, _ = model.step(nxt, state)
+    extended = seq.clone()
+    extended[torch.arange(len(nxt)), lengths] = nxt
+    torch.testing.assert_close(scores, full_sort_scores(model, extended, lengths + 1),
+                               atol=atol, rtol=1e-5)
+    return state
+
+
 class StubDataset:
     """All a model's constructor needs from a dataset: the number of item ids."""
 

@@ -1,6 +1,8 @@
 """ELASTIC: causality (retrieval included), padding, the lean last-position path, streaming,
 sparse memory gradients and their optimiser, config errors, checkpoints, and learning."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,8 @@ from recbole_efficient.optim import LazyAdam, OptimizerChain
 from recbole_efficient.trainer import build_optimizer
 from recbole_efficient.validation import ConfigError
 
-from conftest import TINY, StubDataset
+import conftest
+from conftest import TINY, StubDataset, assert_step_after_build_state_is_full_forward
 
 N_ITEMS = 50
 SMALL = {"hidden_size": 16, "n_layers": 2, "n_heads": 2, "inner_size": 32, "n_experts": 4,
@@ -32,12 +35,7 @@ def make_model(seed=0, **overrides):
     return model.eval()
 
 
-def right_padded(lengths, width, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    seq = torch.randint(1, N_ITEMS, (len(lengths), width), generator=gen)
-    lengths = torch.tensor(lengths)
-    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
-    return seq, lengths
+right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
 
 
 FORMS = [pytest.param(True, id="causal"), pytest.param(False, id="noncausal")]
@@ -130,12 +128,7 @@ def test_build_state_then_step_equals_full_forward_on_extended_history():
     model = make_model()
     seq, lengths = right_padded([20, 7, 1, 0], 21, seed=3)
     nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
-    state = model.build_state(seq[:, :20], lengths)
-    scores, _ = model.step(nxt, state)
-    extended = seq.clone()
-    extended[torch.arange(4), lengths] = nxt
-    expected = model.full_sort_predict({model.ITEM_SEQ: extended, model.ITEM_SEQ_LEN: lengths + 1})
-    torch.testing.assert_close(scores, expected, atol=2e-5, rtol=1e-5)
+    state = assert_step_after_build_state_is_full_forward(model, seq, lengths, nxt, atol=2e-5)
     empty = model.init_state(1)
     for built, init in zip(state.layers, empty.layers):
         for b, i in zip(built if isinstance(built, tuple) else (built,),

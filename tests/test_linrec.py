@@ -1,6 +1,8 @@
 """LinRec (SASRec backbone) and LinRecBERT (BERT4Rec backbone): streaming == full forward,
 padding, causality, numerics in low precision, Cloze rows, start-up errors, learning."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from recbole_efficient import Config, create_dataset, get_model
 from recbole_efficient.data.dataset import cloze_mask
 from recbole_efficient.validation import ConfigError
 
-from conftest import TINY, StubDataset
+import conftest
+from conftest import (TINY, StubDataset, assert_step_after_build_state_is_full_forward,
+                      full_sort_scores)
 
 N_ITEMS = 50
 #: Popularity's test NDCG@10 on RecBole's ml-100k (LS split, full ranking; issue 7).
@@ -32,16 +36,10 @@ def make_model(name="LinRec", seed=0, **overrides):
     return model
 
 
-def right_padded(lengths, width, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    seq = torch.randint(1, N_ITEMS, (len(lengths), width), generator=gen)
-    lengths = torch.tensor(lengths)
-    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
-    return seq, lengths
+right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
 
 
-def scores(model, seq, lengths):
-    return model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
+scores = full_sort_scores
 
 
 VARIANTS = [("LinRec", {}), ("LinRec", {"causal": False, "train_mode": "augmented"}),
@@ -67,12 +65,7 @@ def test_build_state_then_step_equals_full_forward():
     model = make_model()
     seq, lens = right_padded([39, 17, 1, 0], 40, seed=3)
     nxt = torch.tensor([5, 9, 2, 7])
-    state = model.build_state(seq[:, :39], lens)
-    step_scores, _ = model.step(nxt, state)
-    extended = seq.clone()
-    extended[torch.arange(4), lens] = nxt
-    torch.testing.assert_close(step_scores, scores(model, extended, lens + 1), atol=2e-5,
-                               rtol=1e-5)
+    state = assert_step_after_build_state_is_full_forward(model, seq, lens, nxt, atol=2e-5)
     stepped = model.init_state(1)
     for t in range(17):
         _, stepped = model.step(seq[1:2, t], stepped)

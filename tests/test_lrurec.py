@@ -3,6 +3,8 @@ naive loop, checkpoints, optimiser groups, and learning on ml-100k."""
 
 import math
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,8 @@ import torch.nn.functional as F
 from recbole_efficient import Config, get_model, get_trainer
 from recbole_efficient.model.layers import LRULayer
 
-from conftest import StubDataset
+import conftest
+from conftest import StubDataset, assert_step_after_build_state_is_full_forward
 
 N_ITEMS = 50
 
@@ -49,12 +52,7 @@ def model():
     return trained_like(make_model(r_min=0.95, r_max=0.999))
 
 
-def right_padded(lengths, width, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    seq = torch.randint(1, N_ITEMS, (len(lengths), width), generator=gen)
-    lengths = torch.tensor(lengths)
-    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
-    return seq, lengths
+right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
 
 
 def all_logits(model, seq, lengths):
@@ -79,12 +77,7 @@ def test_build_state_then_step_equals_full_forward_on_extended_history(model):
     lengths = [300, 17, 1, 0]
     seq, lens = right_padded(lengths, 301, seed=3)
     nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
-    state = model.build_state(seq[:, :300], lens)
-    scores, _ = model.step(nxt, state)
-    extended = seq.clone()
-    extended[torch.arange(4), lens] = nxt
-    expected = model.full_sort_predict({model.ITEM_SEQ: extended, model.ITEM_SEQ_LEN: lens + 1})
-    torch.testing.assert_close(scores, expected, atol=5e-5, rtol=1e-5)
+    state = assert_step_after_build_state_is_full_forward(model, seq, lens, nxt, atol=5e-5)
     # build_state equals the state reached by stepping (row 1: 17 items).
     stepped = model.init_state(1)
     for t in range(17):
