@@ -131,7 +131,9 @@ class DispatcherAttention(nn.Module):
         """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``."""
         if interests is None:
             return None, None
-        return self._heads(self.key(interests)), self._heads(self.value(interests))
+        weight = torch.cat([self.key.weight, self.value.weight])
+        bias = torch.cat([self.key.bias, self.value.bias])
+        return (self._heads(t) for t in F.linear(interests, weight, bias).chunk(2, -1))
 
     def _qkv(self, x):
         """Query, key and value heads from one matmul (one pass over ``x`` and its gradient)."""
