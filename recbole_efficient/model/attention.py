@@ -4,13 +4,13 @@ LinRec backbones read, and BERT-style normal initialisation.
 """
 
 import torch
-import torch.nn.functional as F
 from recbole.model.layers import FeedForward
 from torch import nn
 
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
+from recbole_efficient.model.layers import fused_linear
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
 __all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
@@ -67,9 +67,8 @@ class LinearAttention(nn.Module):
 
     def _qkv(self, x):
         """Query, key and value heads from one matmul (and, for ``[B, L, d]``, one copy)."""
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(x, weight, bias).unflatten(-1, (3, self.n_heads, self.head_size))
+        qkv = fused_linear(x, self.query, self.key, self.value)
+        qkv = qkv.unflatten(-1, (3, self.n_heads, self.head_size))
         if x.dim() == 2:
             return qkv.unbind(1)
         return qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # [3, B, H, L, d_h]

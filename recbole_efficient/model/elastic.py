@@ -57,6 +57,7 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.layers import fused_linear
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -131,15 +132,13 @@ class DispatcherAttention(nn.Module):
         """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``."""
         if interests is None:
             return None, None
-        weight = torch.cat([self.key.weight, self.value.weight])
-        bias = torch.cat([self.key.bias, self.value.bias])
-        return (self._heads(t) for t in F.linear(interests, weight, bias).chunk(2, -1))
+        kv = fused_linear(interests, self.key, self.value)
+        return (self._heads(t) for t in kv.chunk(2, -1))
 
     def _qkv(self, x):
         """Query, key and value heads from one matmul (one pass over ``x`` and its gradient)."""
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return (self._heads(t) for t in F.linear(x, weight, bias).chunk(3, -1))
+        qkv = fused_linear(x, self.query, self.key, self.value)
+        return (self._heads(t) for t in qkv.chunk(3, -1))
 
     def forward(self, x, mask, interests=None):
         q, k, v = self._qkv(x)
