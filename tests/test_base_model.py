@@ -161,12 +161,16 @@ def padded_batch(n_items=30, width=8, lengths=(8, 5, 1, 3), seed=0):
     return seq, lengths
 
 
-@pytest.mark.parametrize("name", ["LRURec", "SoftmaxSASRec"])
+@pytest.mark.parametrize("name", ["LRURec", "SoftmaxSASRec", "LinRec", "ELASTIC", "LinRecBERT"])
 def test_lean_encode_last_equals_full_gather(tiny, name):
     """The lean scoring path (last layer at the last real position only) is exact."""
     _, model = make_model(tiny, name=name, n_layers=2)
     seq, lengths = padded_batch()
-    full = model.gather_indexes(model.encode(seq, lengths), lengths - 1)
+    if name == "LinRecBERT":  # scored at a [mask] appended to the history
+        masked_seq, masked_len = model.append_mask(seq, lengths)
+        full = model.gather_indexes(model.encode(masked_seq, masked_len), masked_len - 1)
+    else:
+        full = model.gather_indexes(model.encode(seq, lengths), lengths - 1)
     torch.testing.assert_close(model.encode_last(seq, lengths), full, atol=1e-5, rtol=1e-5)
     inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
     torch.testing.assert_close(model.full_sort_predict(inter), model.logits(full),

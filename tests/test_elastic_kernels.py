@@ -4,6 +4,7 @@ chunked causal, running state) and product-key top-k, values and gradients."""
 import pytest
 import torch
 
+from recbole_efficient.kernels.chunking import balanced_chunks
 from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_causal_naive,
     dispatch_noncausal, dispatch_noncausal_naive)
@@ -129,3 +130,11 @@ def test_product_key_topk_equals_brute_force(n_sub, topk):
     grads_ref = torch.autograd.grad((ref_scores * weights).sum(), [query, sub_keys])
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("length,chunk_size", [(1, 64), (13, 4), (200, 64), (2000, 64), (64, 64),
+                                               (65, 64), (7, 1)])
+def test_balanced_chunks_cover_the_length_with_little_padding(length, chunk_size):
+    chunk, n_chunks = balanced_chunks(length, chunk_size)
+    assert chunk <= chunk_size and n_chunks == -(-length // chunk_size)
+    assert 0 <= chunk * n_chunks - length < n_chunks

@@ -308,3 +308,19 @@ def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, name, over)
     result = recbole_efficient.run_recbole_efficient(
         model=name, dataset="ml-100k", config_dict=cfg, read_cmd_line=False, saved=False)
     assert float(result["test_result"]["ndcg@10"]) > POPULARITY_NDCG10
+
+
+def test_cloze_loss_applies_the_head_at_masked_positions_only_exactly():
+    """The lean Cloze loss (output head at the masked positions only) is the loss of the
+    full hidden states (head at every position) at those positions."""
+    model = make_model("LinRecBERT")
+    seq = torch.randint(1, N_ITEMS, (4, 8), generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([8, 5, 1, 3])
+    seq[torch.arange(8)[None] >= lengths[:, None]] = 0
+    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
+    torch.manual_seed(3)
+    lean = model.calculate_loss(inter)
+    torch.manual_seed(3)
+    masked = cloze_mask(lengths, 8, model.mask_ratio)
+    hidden = model.encode(seq.masked_fill(masked, model.mask_token), lengths)
+    torch.testing.assert_close(lean, model._positions_loss(hidden[masked], seq[masked]))

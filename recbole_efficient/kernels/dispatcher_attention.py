@@ -30,9 +30,9 @@ Shapes: ``q [B, H, Nq, D]``, ``k, v [B, H, N, D]``, ``experts [H, E, D]``, ``mas
 
 * :func:`dispatch_noncausal` / :func:`dispatch_noncausal_naive` (per row, real items only,
   with the Nq x N mixing matrix materialised);
-* :func:`dispatch_causal` (chunked, O(N (C + E)) memory per head for chunk size C, no
-  ``[N, E, D]`` tensor) / :func:`dispatch_causal_naive` (a loop over t over explicit
-  prefixes);
+* :func:`dispatch_causal` (balanced chunks of at most C positions, O(N (C + E)) memory per
+  head, no ``[N, E, D]`` tensor) / :func:`dispatch_causal_naive` (a loop over t over
+  explicit prefixes);
 * :func:`causal_state`, :func:`causal_state_update`, :func:`causal_readout`: the running
   state after a (masked) sequence, one more item, and the output of one query position.
 """
@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from recbole_efficient.kernels.chunking import balanced_chunks
 
 __all__ = ["causal_pack_weights", "dispatch_noncausal", "dispatch_noncausal_naive",
            "dispatch_causal", "dispatch_causal_naive", "causal_state", "causal_state_update",
@@ -124,46 +126,44 @@ def _exclusive_cumsum(x, dim):
 
 def dispatch_causal(q, k, v, experts, chunk_size=64, extra_k=None, extra_v=None,
                     dropout_p=0.0, training=False):
-    """Causal LDA over chunks of ``chunk_size`` positions, all chunks at once.
+    """Causal LDA over chunks of at most ``chunk_size`` positions, all chunks at once.
 
     Inside a chunk the prefix sums are two masked ``[C, C]`` products (scores
     ``tril(Q K^T) A``, outputs ``tril(W A^T) V`` with ``W = pi / Z``); across chunks the
     state entering each chunk is an exclusive cumulative sum of per-chunk ``K^T A`` and
-    ``A^T V``. Memory per head: O(N (C + E)) plus O(N D E / C) for the chunk states.
-    Output at t depends on positions <= t only; right padding never reaches a real position.
+    ``A^T V``; ``Z`` is one cumulative sum over the sequence. Memory per head: O(N (C + E))
+    plus O(N D E / C) for the chunk states. Output at t depends on positions <= t only;
+    right padding never reaches a real position.
     """
     batch, heads, length, dim = q.shape
+    n_experts = experts.size(1)
     scale = dim ** -0.5
-    a = causal_pack_weights(k, experts)                                   # [B, H, N, E]
-    extra_scores = None
-    if extra_k is not None:
-        extra_scores = (q.unsqueeze(-2) * extra_k).sum(-1) * scale        # [B, H, N, m]
-        extra_scores = extra_scores.expand(batch, heads, length, -1)
-    chunk = max(1, min(chunk_size, length))
-    pad = -length % chunk
-    if pad:
-        # zero weights after the last position: they add nothing to any prefix
-        q, k, v, a = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, a))
-        if extra_scores is not None:
-            extra_scores = F.pad(extra_scores, (0, 0, 0, pad))
-    n_chunks = (length + pad) // chunk
-    qc, kc, vc, ac = (t.reshape(batch, heads, n_chunks, chunk, -1) for t in (q, k, v, a))
+    chunk, n_chunks = balanced_chunks(length, chunk_size)
+    padded = chunk * n_chunks
+    # One contiguous copy each (padded at the end: positions after the last one change no
+    # earlier output), instead of one per matmul that reads the head-split views.
+    q, k, v = (F.pad(t, (0, 0, 0, padded - length)) if padded > length else t.contiguous()
+               for t in (q, k, v))
+    a = causal_pack_weights(k, experts)                                   # [B, H, N', E]
+    rz = _floor(a.cumsum(2)).reciprocal()                                 # 1 / Z
+    qc, kc, vc, ac = (t.view(batch, heads, n_chunks, chunk, -1) for t in (q, k, v, a))
+    rz = rz.view(batch, heads, n_chunks, chunk, n_experts)
     sum_k = _exclusive_cumsum(kc.transpose(-1, -2) @ ac, 2)               # [B, H, n, D, E]
     sum_v = _exclusive_cumsum(ac.transpose(-1, -2) @ vc, 2)               # [B, H, n, E, D]
-    z = _floor(_exclusive_cumsum(ac.sum(3), 2).unsqueeze(3) + ac.cumsum(3))  # [B, H, n, C, E]
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    local = (qc @ kc.transpose(-1, -2)).masked_fill(future, 0)            # [B, H, n, C, C]
-    scores = (local @ ac + qc @ sum_k) / z * scale
-    if extra_scores is not None:
-        scores = torch.cat([scores, extra_scores.reshape(batch, heads, n_chunks, chunk, -1)],
-                           -1)
+    local = (qc @ kc.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
+    scores = (local @ ac).add_(qc @ sum_k) * (rz * scale)
+    if extra_k is not None:
+        extra = (q[:, :, :length].unsqueeze(-2) * extra_k).sum(-1) * scale   # [B, H, N, m]
+        extra = F.pad(extra.expand(batch, heads, length, -1), (0, 0, 0, padded - length))
+        scores = torch.cat([scores, extra.view(batch, heads, n_chunks, chunk, -1)], -1)
     probs = F.dropout(scores.softmax(-1), dropout_p, training)
-    w = probs[..., :experts.size(1)] / z
-    mixing = (w @ ac.transpose(-1, -2)).masked_fill(future, 0)            # [B, H, n, C, C]
-    out = (mixing @ vc + w @ sum_v).flatten(2, 3)[:, :, :length]
+    w = probs[..., :n_experts] * rz
+    mixing = (w @ ac.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
+    out = (mixing @ vc).add_(w @ sum_v).flatten(2, 3)[:, :, :length]
     if extra_k is None:
         return out
-    return out + _extra_output(probs[..., experts.size(1):].flatten(2, 3)[:, :, :length], extra_v)
+    return out + _extra_output(probs[..., n_experts:].flatten(2, 3)[:, :, :length], extra_v)
 
 
 def dispatch_causal_naive(q, k, v, experts, extra_k=None, extra_v=None):

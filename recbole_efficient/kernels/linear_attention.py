@@ -36,6 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from recbole_efficient.kernels.chunking import balanced_chunks
+
 __all__ = ["K_NORM_AXES", "EPS", "l2_elu", "kv_state", "linear_attention",
            "linear_attention_naive", "causal_linear_attention", "causal_linear_attention_naive",
            "linear_attention_step", "state_attention"]
@@ -124,7 +126,8 @@ def linear_attention_naive(q, k, v, mask=None, k_norm_axis="features", eps=EPS):
 def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
     """``out_t = phi(q_t) sum_{j<=t} phi(k_j)^T v_j / sqrt(d_h)``, chunk by chunk.
 
-    Inside a chunk: the ``chunk x chunk`` scores with the upper triangle zeroed; across
+    Chunks of at most ``chunk_size`` positions, balanced (:func:`balanced_chunks`). Inside a
+    chunk: the ``chunk x chunk`` scores with the upper triangle zeroed; across
     chunks: each chunk's queries times the exclusive prefix sum of the chunks' ``d_h x d_h``
     states (``L / chunk_size`` states, not ``L``). Right padding needs no mask: it only
     follows the real positions. ``q, k, v``: ``[..., L, d_h]`` -> ``[..., L, d_h]``.
@@ -135,8 +138,7 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
     ctx, (q, k, v) = _compute(q, k, v)
     with ctx:
         *batch, length, d = q.shape
-        size = min(chunk_size, length)
-        n_chunks = -(-length // size)
+        size, n_chunks = balanced_chunks(length, chunk_size)
         pad = n_chunks * size - length
         q_hat, k_hat = l2_elu(q, eps=eps, scale=d ** -0.5), l2_elu(k, eps=eps)
         if pad:  # zero keys and values at the end change no earlier output

@@ -27,8 +27,11 @@ def product_key_topk(query, sub_keys, topk):
     n = sub_keys.size(2)
     q1, q2 = query.chunk(2, -1)
     with torch.no_grad():
-        s1, i1 = torch.einsum("...hd,hnd->...hn", q1, sub_keys[:, 0]).topk(topk, -1, sorted=False)
-        s2, i2 = torch.einsum("...hd,hnd->...hn", q2, sub_keys[:, 1]).topk(topk, -1, sorted=False)
+        # contiguous halves: the matmul reads strided ones at half speed
+        s1, i1 = torch.einsum("...hd,hnd->...hn", q1.contiguous(), sub_keys[:, 0]).topk(
+            topk, -1, sorted=False)
+        s2, i2 = torch.einsum("...hd,hnd->...hn", q2.contiguous(), sub_keys[:, 1]).topk(
+            topk, -1, sorted=False)
         best = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2).topk(topk, -1).indices
         first, second = i1.gather(-1, best // topk), i2.gather(-1, best % topk)  # [..., H, k]
     heads = torch.arange(sub_keys.size(0), device=query.device)[:, None]

@@ -10,6 +10,7 @@ from torch import nn
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
+from recbole_efficient.model.layers import fused_linear
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
 __all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
@@ -64,6 +65,14 @@ class LinearAttention(nn.Module):
             return x.view(x.size(0), self.n_heads, self.head_size)
         return x.view(*x.shape[:-1], self.n_heads, self.head_size).transpose(-3, -2).contiguous()
 
+    def _qkv(self, x):
+        """Query, key and value heads from one matmul (and, for ``[B, L, d]``, one copy)."""
+        qkv = fused_linear(x, self.query, self.key, self.value)
+        qkv = qkv.unflatten(-1, (3, self.n_heads, self.head_size))
+        if x.dim() == 2:
+            return qkv.unbind(1)
+        return qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # [3, B, H, L, d_h]
+
     def _merge(self, o):
         if o.dim() == 3:
             return o.reshape(o.size(0), -1)
@@ -74,7 +83,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x, mask):
         """``x [B, L, d]``, ``mask [B, L]`` (True at real positions) -> ``[B, L, d]``."""
-        q, k, v = (self._heads(f(x)) for f in (self.query, self.key, self.value))
+        q, k, v = self._qkv(x)
         if self.causal:
             o = causal_linear_attention(q, k, v, self.chunk_size)
         else:
@@ -95,7 +104,7 @@ class LinearAttention(nn.Module):
 
     def step(self, x, state):
         """One more position: ``x [B, d]``, ``state [B, H, d_h, d_h]`` -> ``(y, new_state)``."""
-        q, k, v = (self._heads(f(x)) for f in (self.query, self.key, self.value))
+        q, k, v = self._qkv(x)
         o, state = linear_attention_step(q, k, v, state)
         return self._output(o, x), state
 

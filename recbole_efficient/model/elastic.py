@@ -57,6 +57,7 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.layers import fused_linear
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -131,10 +132,16 @@ class DispatcherAttention(nn.Module):
         """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``."""
         if interests is None:
             return None, None
-        return self._heads(self.key(interests)), self._heads(self.value(interests))
+        kv = fused_linear(interests, self.key, self.value)
+        return (self._heads(t) for t in kv.chunk(2, -1))
+
+    def _qkv(self, x):
+        """Query, key and value heads from one matmul (one pass over ``x`` and its gradient)."""
+        qkv = fused_linear(x, self.query, self.key, self.value)
+        return (self._heads(t) for t in qkv.chunk(3, -1))
 
     def forward(self, x, mask, interests=None):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        q, k, v = self._qkv(x)
         extra_k, extra_v = self._extras(interests)
         drop = self.attn_dropout if self.training else 0.0
         if self.causal:
@@ -170,7 +177,7 @@ class DispatcherAttention(nn.Module):
 
     def step(self, x, state, interests=None):
         """One item ``x [B, d]`` (interests ``[B, m, d]``) -> ``(output [B, d], new state)``."""
-        q, k, v = (self._heads(f(x)) for f in (self.query, self.key, self.value))
+        q, k, v = self._qkv(x)
         state = causal_state_update(state, k, v, self.experts)
         extra_k, extra_v = self._extras(interests)
         return self._merge(x, causal_readout(q, state, extra_k, extra_v)), state
@@ -283,7 +290,10 @@ class ELASTIC(EfficientSequentialRecommender):
         if every_position:
             count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
             summary = x.cumsum(1) / count[:, None]
-            # pads retrieve nothing: their outputs are never used
+            if bool(mask.all()):  # no pads: no gather and scatter
+                return self.imr(summary, x)
+            # pads retrieve nothing (their outputs are never used, and the memory rows they
+            # would hit must get no gradient entry, which LazyAdam would act on)
             out = x.new_zeros(*x.shape[:2], self.imr.heads, x.size(-1))
             out[mask] = self.imr(summary[mask], x[mask])
             return out

@@ -14,7 +14,7 @@ from torch import nn
 
 from recbole_efficient.kernels.lru_scan import lru_scan, lru_step
 
-__all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock"]
+__all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock", "fused_linear"]
 
 
 class ComplexLinear(nn.Module):
@@ -198,3 +198,11 @@ class LRUBlock(nn.Module):
     def step(self, x, h_prev):
         y, h = self.lru.step(x, h_prev)
         return self.feed_forward(y), h
+
+
+def fused_linear(x, *linears):
+    """``cat([f(x) for f in linears], -1)`` for ``nn.Linear`` layers with biases, as one
+    matmul: one pass over ``x`` (and, backwards, over its gradient) instead of one each."""
+    weight = torch.cat([f.weight for f in linears])
+    bias = torch.cat([f.bias for f in linears])
+    return F.linear(x, weight, bias)

@@ -70,10 +70,13 @@ class LinRecBERT(EfficientSequentialRecommender):
     def _head(self, hidden):
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))
 
+    def _encode_body(self, item_seq, item_seq_len):
+        x, mask = self._embed_seq(item_seq, item_seq_len)
+        return self.encoder(x, mask)
+
     def encode(self, item_seq, item_seq_len):
         """Bidirectional hidden states ``[B, L, d]`` of the sequence as given (head applied)."""
-        x, mask = self._embed_seq(item_seq, item_seq_len)
-        return self._head(self.encoder(x, mask))
+        return self._head(self._encode_body(item_seq, item_seq_len))
 
     def append_mask(self, item_seq, item_seq_len):
         """``[mask]`` after each history: ``(item_seq [B, W'], item_seq_len + 1)``; a history
@@ -103,8 +106,9 @@ class LinRecBERT(EfficientSequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         masked = cloze_mask(item_seq_len, item_seq.size(1), self.mask_ratio)
-        hidden = self.encode(item_seq.masked_fill(masked, self.mask_token), item_seq_len)
-        return self._positions_loss(hidden[masked], item_seq[masked])
+        hidden = self._encode_body(item_seq.masked_fill(masked, self.mask_token), item_seq_len)
+        # the head is position-wise: applied at the masked positions only
+        return self._positions_loss(self._head(hidden[masked]), item_seq[masked])
 
     def drop_sequence_mixer(self):
         """Every attention sublayer becomes the identity (embeddings, feed-forward stack,
