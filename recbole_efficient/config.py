@@ -1,6 +1,7 @@
 """RecBole ``Config`` that knows our models, our yaml files and current NumPy."""
 
 import functools
+import sys
 from logging import getLogger
 from pathlib import Path
 
@@ -46,7 +47,19 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         if not self._read_cmd_line:
             return {}
-        cmd = super()._load_cmd_line()
+        try:
+            cmd = super()._load_cmd_line()
+        except SyntaxError:  # RecBole's message for a key given twice with different values
+            seen, twice = {}, []
+            for arg in sys.argv[1:]:
+                key, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+                if key in seen and seen[key] != value and key not in twice:
+                    twice.append(key)
+                seen.setdefault(key, value)
+            if not twice:
+                raise
+            raise ConfigError([f"--{key} is given twice with different values; keep one of them."
+                               for key in twice]) from None
         cmd.pop("resume", None)  # a flag of run_recbole_efficient.py, not a setting of the run
         return cmd
 

@@ -1,5 +1,7 @@
 """Configuration precedence: RecBole < our overall < model yaml < dataset yaml < files < dict."""
 
+import pytest
+
 from recbole_efficient import Config
 
 
@@ -31,6 +33,16 @@ def test_command_line_beats_config_dict(tmp_path, monkeypatch):
     assert config["train_batch_size"] == 8
     assert Config(model="LRURec", dataset="ml-100k", config_dict={"train_batch_size": 16},
                   read_cmd_line=False)["train_batch_size"] == 16
+
+
+def test_a_key_given_twice_with_different_values_is_a_config_error(tmp_path, monkeypatch):
+    from recbole_efficient.validation import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["prog", "--epochs=2", "--train_batch_size=8", "--epochs=3",
+                                     "--train_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"^invalid configuration: --epochs is given twice"):
+        Config(model="LRURec", dataset="ml-100k")
 
 
 def test_recbole_models_keep_recbole_defaults(tmp_path, monkeypatch):
