@@ -105,12 +105,25 @@ def is_rank_zero(config):
     return not is_distributed(config) or dist.get_rank() == 0
 
 
+_run_log_handlers = []  # the handlers RecBole's init_logger added for the latest run
+
+
 def init_logger(config):
-    """RecBole's logger (log file, console) on rank 0; errors to stderr only elsewhere."""
+    """RecBole's logger (log file, console) on rank 0; errors to stderr only elsewhere.
+
+    RecBole's ``init_logger`` calls ``logging.basicConfig``, which does nothing once the root
+    logger has handlers: a second run in one process would keep writing into the first run's
+    log file. The previous run's handlers are removed first."""
     from recbole.utils import init_logger as recbole_init_logger
 
     if is_rank_zero(config):
+        root = logging.getLogger()
+        for handler in _run_log_handlers:
+            root.removeHandler(handler)
+            handler.close()
+        before = set(root.handlers)
         recbole_init_logger(config)
+        _run_log_handlers[:] = [h for h in root.handlers if h not in before]
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"rank {dist.get_rank()}: %(levelname)s %(message)s"))

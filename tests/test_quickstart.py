@@ -103,3 +103,20 @@ def test_time_budget_stops_training(tiny):
                                    config_dict=cfg(epochs=500, train_time_budget=1e-9, stopping_step=1000))
     assert len(result["train_epoch_seconds"]) == 1
     assert result["test_result"] is not None
+
+
+def test_each_run_in_one_process_writes_its_own_log_file(tiny, monkeypatch):
+    import logging
+    from pathlib import Path
+
+    root, cfg = tiny
+    # RecBole adds its handlers only to a root logger without any (pytest's are set aside)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    for model in ("SoftmaxSASRec", "LRURec"):
+        run_recbole_efficient(model, TINY, config_dict=cfg(), read_cmd_line=False, saved=False)
+    logs = {p.parent.name: p.read_text() for p in Path(root, "log").rglob("*.log")}
+    assert set(logs) == {"SoftmaxSASRec", "LRURec"}
+    for model, other in [("SoftmaxSASRec", "LRURec"), ("LRURec", "SoftmaxSASRec")]:
+        text = logs[model]
+        assert text.count("test result") == 1  # the model's summary is printed at start-up
+        assert f"INFO  {model}(" in text and f"INFO  {other}(" not in text
