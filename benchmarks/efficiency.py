@@ -594,8 +594,10 @@ def markdown_report(results):
         + "; random full-length sequences (no padding)",
         f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls "
         f"({'CPU time of the process' if args.get('clock') == 'cpu' else 'wall clock'}), "
-        "models interleaved call by call; a point is skipped (too slow) when its calls would "
-        f"exceed {args['max_seconds_per_point']:g} s, and so are larger L of that model and setting",
+        "models interleaved call by call; "
+        + (f"a point is skipped (too slow) when its calls would exceed "
+           f"{args['max_seconds_per_point']:g} s, and so are larger L of that model and setting"
+           if args["max_seconds_per_point"] else "no time limit per point"),
         f"- peak memory: {mem_desc}",
         "- exponent: least-squares slope of log(cost per sequence) against log(L) over the measured "
         "lengths (cost per sequence = figure / batch size): 1 = linear, 2 = quadratic in L",

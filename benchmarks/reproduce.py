@@ -7,7 +7,9 @@ A preset of ``benchmarks/accuracy.py``: each (protocol, model) run trains throug
 code path (``run_recbole_efficient``) in a working folder of its own under
 ``<out>/runs/<protocol>/<model>/`` (RecBole's log/ and saved/ live there), so that:
 
-* a finished run is not repeated (its ``result.json`` is reused; ``--fresh`` starts over),
+* a finished run is not repeated (its ``result.json`` is reused while the settings are the
+  same; with other settings, e.g. a larger budget, it continues from its latest checkpoint;
+  ``--fresh`` moves the old run aside and starts over),
 * an interrupted run resumes from its latest checkpoint, model by model,
 * ``--time_budget`` caps each run's wall-clock fit time (training and validation); a run stopped
   by it is marked "budget-limited, not converged".
@@ -18,7 +20,8 @@ items; patience 10; Recall/NDCG/MRR@{10, 20}):
 
 * ``lrurec``: the items of the input history are excluded from the ranking, model selection
   on validation Recall@10 (Yue et al., WSDM 2024, Table 3);
-* ``recbole``: history not excluded, model selection on validation NDCG@10 (RecBole's default).
+* ``recbole``: history not excluded, model selection on validation NDCG@10 (RecBole's own
+  default is MRR@10; NDCG@10 is what RecBole-protocol papers report).
 
 Outputs in ``--out``: reproduce.md / reproduce.csv / reproduce.json (the table, the papers'
 numbers in adjacent columns) and reproduce_curves.png (validation metric against epoch).
@@ -103,7 +106,7 @@ def build_parser():
                         "per-run share of --gpu_minutes)")
     p.add_argument("--gpu_minutes", type=float, default=10.0,
                    help="cuda: the whole list's target wall time, split evenly into run budgets")
-    p.add_argument("--epochs", type=int, default=300, help="most epochs per run")
+    p.add_argument("--epochs", type=int, default=500, help="most epochs per run (LRURec's code: 500)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--fresh", action="store_true", help="ignore finished and interrupted runs")
@@ -112,7 +115,14 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible here (torch.cuda."
+                         "is_available() is False); run on CPU with --device cpu")
     args.overrides = accuracy.parse_overrides(rest)
     args.models = args.models or default_models()
     args.data_path = str(Path(args.data_path).resolve())
@@ -171,15 +181,30 @@ def row_of(protocol, model, config_dict, result, wall, args):
     return row
 
 
+def run_settings(args, protocol):
+    """What a finished run's result depends on, besides the code: reused only if unchanged."""
+    run = run_args(args, protocol)
+    return {"epochs": run.epochs, "time_budget": run.time_budget, "seed": run.seed,
+            "device": args.device, "overrides": run.overrides}
+
+
 def run_one(args, protocol, model, log=print):
     """Train (or resume, or reuse) one run; returns its table row."""
     folder = run_dir(args, protocol, model)
     done = folder / "result.json"
-    if done.is_file() and not args.fresh:
-        log(f"== {protocol} / {model}: finished earlier, reused ({done})")
-        return json.loads(done.read_text())
+    settings = json.loads(json.dumps(run_settings(args, protocol)))  # as stored
+    if args.fresh and folder.exists():
+        aside = folder.with_name(f"{folder.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+        folder.rename(aside)
+        log(f"== {protocol} / {model}: --fresh, the previous run moved to {aside}")
+    if done.is_file():
+        row = json.loads(done.read_text())
+        if row.get("settings") == settings:
+            log(f"== {protocol} / {model}: finished earlier, reused ({done})")
+            return row
+        log(f"== {protocol} / {model}: finished earlier with other settings; continuing it")
     folder.mkdir(parents=True, exist_ok=True)
-    resume = None if args.fresh else latest_checkpoint(folder)
+    resume = latest_checkpoint(folder)
     log(f"== {protocol} / {model}" + (f": resuming from {resume}" if resume else ""))
     started = time.perf_counter()
     kwargs = {"resume": str(resume)} if resume else {}
@@ -189,7 +214,7 @@ def run_one(args, protocol, model, log=print):
     if error:
         return {"protocol": protocol, "model": model, "device": args.device, "status": "error",
                 "wall_s": round(wall, 1), "error": error}
-    row = row_of(protocol, model, config_dict, result, wall, args)
+    row = {**row_of(protocol, model, config_dict, result, wall, args), "settings": settings}
     done.write_text(json.dumps(row, indent=1) + "\n")
     return row
 
@@ -217,7 +242,8 @@ def markdown_report(meta, rows):
         f"- command: `{meta['command']}`",
         f"- date (UTC): {meta['date_utc']}; device: {meta['device']}; seed {meta['seed']}",
         f"- data: {meta['dataset_check']}",
-        f"- budget per run: {meta['time_budget'] or 'none'} s of fit time, at most "
+        "- budget per run: " + (f"{meta['time_budget']:g} s of fit time" if meta["time_budget"]
+                                else "no time limit") + ", at most "
         f"{meta['epochs']} epochs, early stopping with patience 10",
         "- paper columns: LRURec (Yue et al., WSDM 2024) Table 3, ML-1M, under its own protocol "
         "(SoftmaxSASRec is SASRec's architecture, so it sits next to the paper's SASRec)",

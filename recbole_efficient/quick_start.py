@@ -6,7 +6,7 @@ from logging import getLogger
 
 import torch.distributed as dist
 from recbole.data.transform import construct_transform
-from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+from recbole.utils import get_environment, get_flops, init_seed, set_color
 
 from recbole_efficient import distributed
 from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
@@ -188,7 +188,7 @@ def load_data_and_model(model_file, trust_checkpoint=False, config_dict=None):
     checkpoint = load_checkpoint(model_file, trust_checkpoint=trust_checkpoint)
     config = config_from_checkpoint(checkpoint, config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    distributed.init_logger(config)
     logger = getLogger()
     logger.info(config)
 

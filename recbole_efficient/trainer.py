@@ -73,6 +73,7 @@ class EfficientTrainerMixin:
         self.best_epoch = None
         self.valid_history = []  # [epoch, valid score] of every validation of this run
         self.stop_reason = None  # why the last fit ended: early_stopping, epochs, budget, fault
+        self._resumed_stop_reason = None
         self._elapsed_before = 0.0  # wall-clock seconds spent before a resume
         self._resume_rng = None
         self._saved = False
@@ -97,9 +98,10 @@ class EfficientTrainerMixin:
             self._resume_rng = None
         if self.start_epoch > 0 and self._run_is_over():
             budget = self.config["train_time_budget"]
-            self.stop_reason = ("early_stopping" if self.cur_step > self.stopping_step
-                                else "budget" if budget and self._elapsed_before >= budget
-                                else "epochs")
+            # a finished run keeps the reason it ended with (saved in its latest state)
+            self.stop_reason = self._resumed_stop_reason or (
+                "early_stopping" if self.cur_step > self.stopping_step
+                else "budget" if budget and self._elapsed_before >= budget else "epochs")
             self.logger.info(set_color("Nothing left to train", "yellow")
                              + f": the resumed run ended at epoch {self.start_epoch - 1}.")
             return self.best_valid_score, self.best_valid_result
@@ -244,6 +246,7 @@ class EfficientTrainerMixin:
             "train_loss": dict(self.train_loss_dict),
             "epoch_seconds": list(self.epoch_seconds),
             "valid_history": [list(h) for h in self.valid_history],
+            "stop_reason": self.stop_reason,
             "elapsed": time.time() - self._fit_started,
             "rng": rng_state(self._generator),
         }
@@ -286,6 +289,7 @@ class EfficientTrainerMixin:
         self.train_loss_dict = dict(checkpoint.get("train_loss", {}))
         self.epoch_seconds = list(checkpoint.get("epoch_seconds", []))
         self.valid_history = [list(h) for h in checkpoint.get("valid_history", [])]
+        self._resumed_stop_reason = checkpoint.get("stop_reason")
         self._elapsed_before = checkpoint.get("elapsed", 0.0)
         self._resume_rng = checkpoint.get("rng")
         self.run_dir = path.parent

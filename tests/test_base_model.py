@@ -7,7 +7,7 @@ from recbole.data.interaction import Interaction
 from recbole_efficient import Config, EfficientSequentialRecommender, get_model
 from recbole_efficient.data.dataset import target_list_field
 
-from conftest import TINY, StubDataset
+from conftest import TINY, StubDataset, right_padded
 
 
 def make_model(tiny, name="SoftmaxSASRec", **overrides):
@@ -153,12 +153,8 @@ def test_recbole_model_lookup_keeps_autograd_anomaly_mode_off():
 OUR_MODELS = sorted(__import__("recbole_efficient").MODELS)
 
 
-def padded_batch(n_items=30, width=8, lengths=(8, 5, 1, 3), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    seq = torch.randint(1, n_items, (len(lengths), width), generator=gen)
-    lengths = torch.tensor(lengths)
-    seq[torch.arange(width)[None] >= lengths[:, None]] = 0
-    return seq, lengths
+def padded_batch(lengths=(8, 5, 1, 3)):
+    return right_padded(lengths, width=8, n_items=30)
 
 
 @pytest.mark.parametrize("name", ["LRURec", "SoftmaxSASRec", "LinRec", "ELASTIC", "LinRecBERT"])

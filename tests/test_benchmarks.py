@@ -280,9 +280,14 @@ def test_streaming_covers_every_model_with_the_api(capsys):
 
 
 # -- reproduction ----------------------------------------------------------------------------
-def test_reproduce_protocols_and_gpu_budget():
+def test_reproduce_protocols_and_gpu_budget(monkeypatch):
     from benchmarks import reproduce
 
+    with pytest.raises(SystemExit):  # no CUDA here: refused, not silently run on CPU
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda: False)
+            reproduce.parse_args(["--device", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = reproduce.parse_args(["--models", "LRURec", "SASRec", "--device", "cuda",
                                  "--gpu_minutes", "10", "--train_batch_size=256"])
     assert args.time_budget == 10 * 60 / 4 - 20  # 2 models x 2 protocols share 10 minutes
@@ -300,7 +305,7 @@ def test_reproduce_protocols_and_gpu_budget():
     assert reproduce.row_of("recbole", "LRURec", {}, fake, 5.0, args)["paper_ndcg@10"] is None
 
 
-def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny, monkeypatch):
+def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny):
     from benchmarks import reproduce
 
     root, _ = tiny
@@ -317,10 +322,16 @@ def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny, monkeypatch):
     assert "LRURec's protocol" in md and "RecBole's protocol" in md
     assert (out / "reproduce_curves.png").is_file() and (out / "reproduce.csv").is_file()
 
-    # An interrupted run (no result.json yet) continues in its own run folder.
+    # An interrupted run (no result.json yet) continues in its own run folder; a finished one
+    # asked for more epochs continues too.
     run = out / "runs" / "lrurec" / "SoftmaxSASRec"
     (run / "result.json").unlink()
-    resumed, reused = reproduce.main(argv + ["--protocols", "lrurec", "recbole", "--epochs", "3"])
-    assert resumed["epochs"] == 3 and [e for e, _ in resumed["valid_history"]] == [0, 1, 2]
-    assert len(list(run.glob("saved/*/latest.pth"))) == 1
-    assert reused == first[1]  # finished runs are not repeated
+    more = ["--protocols", "lrurec", "recbole", "--epochs", "3"]
+    second = reproduce.main(argv + more)
+    for row in second:
+        assert row["epochs"] == 3 and [e for e, _ in row["valid_history"]] == [0, 1, 2]
+    for protocol in ("lrurec", "recbole"):
+        assert len(list((out / "runs" / protocol / "SoftmaxSASRec").glob("saved/*/latest.pth"))) == 1
+    assert reproduce.main(argv + more) == second  # same settings: reused, not repeated
+    fresh = reproduce.main(argv + ["--protocols", "recbole", "--epochs", "1", "--fresh"])
+    assert fresh[0]["epochs"] == 1 and len(list(out.glob("runs/recbole/SoftmaxSASRec.old-*"))) == 1

@@ -14,13 +14,13 @@ from recbole_efficient.trainer import build_optimizer
 from recbole_efficient.validation import ConfigError
 
 import conftest
-from conftest import TINY, StubDataset, assert_step_after_build_state_is_full_forward
+from conftest import (POPULARITY_NDCG10, TINY, StubDataset,
+                      assert_step_after_build_state_is_full_forward)
 
 N_ITEMS = 50
 SMALL = {"hidden_size": 16, "n_layers": 2, "n_heads": 2, "inner_size": 32, "n_experts": 4,
          "chunk_size": 4, "memory_size": 64, "memory_topk": 4, "memory_heads": 2,
          "MAX_ITEM_LIST_LENGTH": 24}
-POPULARITY_NDCG10 = 0.0403  # ml-100k test NDCG@10 of item popularity (issue 8)
 
 
 def make_model(seed=0, **overrides):

@@ -14,12 +14,11 @@ from recbole_efficient.data.dataset import cloze_mask
 from recbole_efficient.validation import ConfigError
 
 import conftest
-from conftest import (TINY, StubDataset, assert_step_after_build_state_is_full_forward,
-                      full_sort_scores)
+from conftest import (POPULARITY_NDCG10, TINY, StubDataset,
+                      assert_step_after_build_state_is_full_forward, full_sort_scores)
 
 N_ITEMS = 50
 #: Popularity's test NDCG@10 on RecBole's ml-100k (LS split, full ranking; issue 7).
-POPULARITY_NDCG10 = 0.0403
 
 
 def make_model(name="LinRec", seed=0, **overrides):
@@ -39,7 +38,6 @@ def make_model(name="LinRec", seed=0, **overrides):
 right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
 
 
-scores = full_sort_scores
 
 
 VARIANTS = [("LinRec", {}), ("LinRec", {"causal": False, "train_mode": "augmented"}),
@@ -112,7 +110,8 @@ def test_padding_changes_nothing(name, over):
         torch.testing.assert_close(out_padded[row, :n], out[row, :n], atol=1e-5, rtol=1e-5)
         alone = model.encode(seq[row:row + 1, :n], lengths[row:row + 1])
         torch.testing.assert_close(out_padded[row, :n], alone[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(scores(model, padded, lengths), scores(model, seq, lengths),
+    torch.testing.assert_close(full_sort_scores(model, padded, lengths),
+                               full_sort_scores(model, seq, lengths),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -138,8 +137,9 @@ def test_bert_predicts_at_an_appended_mask():
     # a full history drops its oldest item; a shorter batch grows by one column
     assert model.append_mask(seq[:1, :2], lengths[:1])[0].tolist() == [[3, 4, m]]
     expected = model.logits(model.encode(appended, new_len)[torch.arange(2), new_len - 1])
-    torch.testing.assert_close(scores(model, seq, lengths), expected, atol=1e-5, rtol=1e-5)
-    assert scores(model, seq, lengths).shape == (2, N_ITEMS)
+    torch.testing.assert_close(full_sort_scores(model, seq, lengths), expected, atol=1e-5,
+                               rtol=1e-5)
+    assert full_sort_scores(model, seq, lengths).shape == (2, N_ITEMS)
 
 
 @pytest.mark.parametrize("name,over", VARIANTS, ids=IDS)
@@ -166,7 +166,7 @@ def test_drop_sequence_mixer_leaves_a_position_wise_model():
         changed[:, 1:] = (seq[:, 1:] % (N_ITEMS - 1)) + 1
         out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
         torch.testing.assert_close(out[:, 0], out2[:, 0], atol=0, rtol=0)
-        assert scores(model, seq, lengths).shape == (2, N_ITEMS)
+        assert full_sort_scores(model, seq, lengths).shape == (2, N_ITEMS)
         assert not any("attention.0.query" in n for n, _ in model.named_parameters())
 
 
@@ -314,9 +314,7 @@ def test_cloze_loss_applies_the_head_at_masked_positions_only_exactly():
     """The lean Cloze loss (output head at the masked positions only) is the loss of the
     full hidden states (head at every position) at those positions."""
     model = make_model("LinRecBERT")
-    seq = torch.randint(1, N_ITEMS, (4, 8), generator=torch.Generator().manual_seed(2))
-    lengths = torch.tensor([8, 5, 1, 3])
-    seq[torch.arange(8)[None] >= lengths[:, None]] = 0
+    seq, lengths = right_padded([8, 5, 1, 3], 8, seed=2)
     inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
     torch.manual_seed(3)
     lean = model.calculate_loss(inter)

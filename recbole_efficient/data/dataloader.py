@@ -7,9 +7,8 @@ evaluation batches and the training batches of modes with a loss at every positi
 field (one whose declared length is ``MAX_ITEM_LIST_LENGTH``: inputs, per-position targets,
 any other list a training mode adds) loses the columns beyond it. With ``bucket_by_length``
 (off by default: it slows early learning) those training rows are drawn from length buckets:
-each epoch, rows sorted by length
-(ties in random order) are cut into batches of about ``train_batch_size`` x (mean row length)
-positions, visited in random order. Every row is seen once per epoch, rows of similar length
+each epoch, rows sorted by length (ties in random order) are cut into batches of about
+``train_batch_size`` x (mean row length) positions, visited in random order. Every row is seen once per epoch, rows of similar length
 share a batch, an epoch has about as many batches as without buckets, and as the loss is a mean
 over a batch's positions, every position keeps the weight it has in a mixed batch (batches
 of a fixed number of short rows would give each of their positions more weight).
