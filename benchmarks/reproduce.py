@@ -314,6 +314,12 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
+    try:
+        checked = dataset_check(args)
+    except FileNotFoundError as err:  # before any run starts; no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = {
@@ -322,7 +328,7 @@ def main(argv=None):
         "dataset": args.dataset, "device": args.device, "seed": args.seed, "epochs": args.epochs,
         "time_budget": args.time_budget, "protocols": args.protocols, "models": args.models,
         "overrides": args.overrides, "environment": C.environment(args.device),
-        "dataset_check": dataset_check(args),
+        "dataset_check": checked,
     }
     print(meta["dataset_check"], flush=True)
     rows = []
