@@ -42,6 +42,16 @@ def assert_step_after_build_state_is_full_forward(model, seq, lengths, nxt, atol
     return state
 
 
+def assert_built_state_is_stepped_state(model, state, seq, row, length):
+    """Row ``row`` of a built ``state`` equals the state reached by stepping through its
+    ``length`` items from an empty history (layer states that slice along the batch)."""
+    stepped = model.init_state(1)
+    for t in range(length):
+        _, stepped = model.step(seq[row:row + 1, t], stepped)
+    for built, ref in zip(state.layers, stepped.layers):
+        torch.testing.assert_close(built[row:row + 1], ref, atol=1e-5, rtol=1e-5)
+
+
 class StubDataset:
     """All a model's constructor needs from a dataset: the number of item ids."""
 

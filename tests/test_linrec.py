@@ -14,7 +14,7 @@ from recbole_efficient.data.dataset import cloze_mask
 from recbole_efficient.validation import ConfigError
 
 import conftest
-from conftest import (POPULARITY_NDCG10, TINY, StubDataset,
+from conftest import (POPULARITY_NDCG10, TINY, StubDataset, assert_built_state_is_stepped_state,
                       assert_step_after_build_state_is_full_forward, full_sort_scores)
 
 N_ITEMS = 50
@@ -64,11 +64,7 @@ def test_build_state_then_step_equals_full_forward():
     seq, lens = right_padded([39, 17, 1, 0], 40, seed=3)
     nxt = torch.tensor([5, 9, 2, 7])
     state = assert_step_after_build_state_is_full_forward(model, seq, lens, nxt, atol=2e-5)
-    stepped = model.init_state(1)
-    for t in range(17):
-        _, stepped = model.step(seq[1:2, t], stepped)
-    for built, ref in zip(state.layers, stepped.layers):
-        torch.testing.assert_close(built[1:2], ref, atol=1e-5, rtol=1e-5)
+    assert_built_state_is_stepped_state(model, state, seq, row=1, length=17)
     assert all(torch.count_nonzero(s[3]) == 0 for s in state.layers)  # empty history
 
 

@@ -13,7 +13,8 @@ from recbole_efficient import Config, get_model, get_trainer
 from recbole_efficient.model.layers import LRULayer
 
 import conftest
-from conftest import StubDataset, assert_step_after_build_state_is_full_forward
+from conftest import (StubDataset, assert_built_state_is_stepped_state,
+                      assert_step_after_build_state_is_full_forward)
 
 N_ITEMS = 50
 
@@ -78,12 +79,7 @@ def test_build_state_then_step_equals_full_forward_on_extended_history(model):
     seq, lens = right_padded(lengths, 301, seed=3)
     nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
     state = assert_step_after_build_state_is_full_forward(model, seq, lens, nxt, atol=5e-5)
-    # build_state equals the state reached by stepping (row 1: 17 items).
-    stepped = model.init_state(1)
-    for t in range(17):
-        _, stepped = model.step(seq[1:2, t], stepped)
-    for built, ref in zip(state.layers, stepped.layers):
-        torch.testing.assert_close(built[1:2], ref, atol=1e-5, rtol=1e-5)
+    assert_built_state_is_stepped_state(model, state, seq, row=1, length=17)
     assert all(torch.equal(h[3], torch.zeros_like(h[3])) for h in state.layers)  # empty history
     assert state.length.tolist() == lengths  # no position limit: 300 > MAX_ITEM_LIST_LENGTH
 
