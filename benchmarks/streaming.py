@@ -6,8 +6,9 @@ For each model with streaming inference (``model.supports_streaming()``; by defa
 registered model that has it) and each history length L: the latency of scoring all items after
 one new item arrives, (a) by re-encoding the whole history of L items (``full_sort_predict``)
 and (b) by one ``step`` from the state of the first L-1 items (``build_state``), plus the cost
-of ``build_state`` itself. Medians over ``--repeats`` timed calls after ``--warmup`` untimed
-ones, every call of every model interleaved; random weights (timing only) with hidden 64 and
+of ``build_state`` itself. Medians over ``--repeats`` timed samples after ``--warmup`` untimed
+calls; each sample is a ~``--block_ms`` block of consecutive calls of one kind (steady-state
+latency, see :func:`median_ms`), blocks of every call of every model interleaved; random weights (timing only) with hidden 64 and
 2 layers (the LRURec paper's sizes; other keys from each model's yaml) and ML-1M's item count,
 ``MAX_ITEM_LIST_LENGTH`` = the largest L (models with learned positions stream up to it).
 Also checks that both paths give the same scores.
@@ -28,20 +29,40 @@ import torch  # noqa: E402
 from benchmarks.common import build_model, parse_value, size_overrides, synchronize  # noqa: E402
 
 
-def median_ms(fns, warmup, repeats, sync):
-    """Median milliseconds of each function; calls are interleaved so that load changes on
-    the machine affect all of them alike."""
+def median_ms(fns, warmup, repeats, sync, block_ms=5.0):
+    """Median milliseconds per call of each function.
+
+    Each timed sample is a block of consecutive calls of one function lasting about
+    ``block_ms`` (one call if a call takes longer), after one untimed call of the same
+    function, divided by the number of calls: the steady-state latency of a stream of such
+    calls. Blocks of the different functions are interleaved so that load changes on the
+    machine affect all of them alike. Timing single sub-millisecond calls between other work
+    measures the machine instead: here a LinRec step takes ~0.4 ms back to back but ~2 ms
+    right after a 15 ms ``time.sleep`` (caches and the core's state lost), ~1 ms right after a
+    2000-item re-encode (``--block_ms 0`` times single calls, interleaved, no untimed call).
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
+    calls = []
+    for fn in fns:  # calls per block, from one timed call after the warm-up
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        single_ms = (time.perf_counter() - start) * 1e3
+        calls.append(max(1, round(block_ms / single_ms)) if block_ms > 0 else 1)
     times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
+        for fn, n, bucket in zip(fns, calls, times):
+            if block_ms > 0:
+                fn()
             sync()
             start = time.perf_counter()
-            fn()
+            for _ in range(n):
+                fn()
             sync()
-            bucket.append((time.perf_counter() - start) * 1e3)
+            bucket.append((time.perf_counter() - start) * 1e3 / n)
     return [statistics.median(t) for t in times]
 
 
@@ -82,7 +103,7 @@ def main(argv=None):
                 calls += [lambda m=model, i=inter: m.full_sort_predict(i),
                           lambda m=model, s=state: m.step(seq[:, -1], s)[0],
                           lambda m=model: m.build_state(seq, lens)]
-            ms = median_ms(calls, args.warmup, args.repeats, sync)
+            ms = median_ms(calls, args.warmup, args.repeats, sync, args.block_ms)
             for k, name in enumerate(models):
                 full, step = calls[3 * k](), calls[3 * k + 1]()
                 full_ms, step_ms, build_ms = ms[3 * k:3 * k + 3]
@@ -94,7 +115,8 @@ def main(argv=None):
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"hidden {args.hidden_size}, {args.n_layers} layers, {args.n_items} items, batch "
           f"{args.batch}, device {device} (torch {torch.__version__}, threads {threads}), median "
-          f"of {args.repeats} after {args.warmup} warm-up, models interleaved\n")
+          f"of {args.repeats} samples ({args.block_ms:g} ms blocks of consecutive calls) after "
+          f"{args.warmup} warm-up, models interleaved\n")
     print("| model | history length | full re-encode (ms) | streaming step (ms) | speed-up "
           "| build_state (ms) | max abs score diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -124,6 +146,9 @@ def build_parser():
     parser.add_argument("--n_items", type=int, default=3417, help="ML-1M has 3,416 items + pad")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--block_ms", type=float, default=5.0,
+                        help="each sample: consecutive calls of one kind for about this long, "
+                             "per call (0: one call per sample, between the other kinds' calls)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (0: torch default); 1 = one request per core, and "

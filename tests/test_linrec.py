@@ -68,6 +68,29 @@ def test_build_state_then_step_equals_full_forward():
     assert all(torch.count_nonzero(s[3]) == 0 for s in state.layers)  # empty history
 
 
+def test_step_uses_the_current_weights_after_they_change_in_place():
+    """The weights a step gathers once (fused q/k/v) follow in-place updates made after the
+    state was created: ``load_state_dict``, or an optimiser changing a single parameter."""
+    model, other = make_model(), make_model(seed=1)
+    seq, lens = right_padded([1, 1], 1, seed=4)
+    empty = model.init_state(2)  # gathers the weights
+    model.step(seq[:, 0], empty)
+
+    def assert_step_is_full_forward():
+        scores, _ = model.step(seq[:, 0], empty)
+        torch.testing.assert_close(scores, full_sort_scores(model, seq, lens), atol=2e-5,
+                                   rtol=1e-5)
+
+    model.load_state_dict(other.state_dict())
+    assert_step_is_full_forward()
+    with torch.no_grad():
+        model.encoder.attention[1].key.bias.add_(0.5)
+    assert_step_is_full_forward()
+    assert not any("cache" in key for key in model.state_dict())
+    model.train()  # training frees the gathered weights
+    assert "_stream_cache" not in model.__dict__
+
+
 def test_streaming_stops_at_the_learned_positions():
     model = make_model(MAX_ITEM_LIST_LENGTH=5)
     assert model.supports_streaming() and model.stream_limit() == 5

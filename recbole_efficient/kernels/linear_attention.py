@@ -51,10 +51,11 @@ def _compute(*tensors):
     """Tensors in at least float32, and an autocast-free context for the math."""
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
     device = tensors[0].device.type
-    # Entering autocast costs microseconds: skip it where it is off (streaming steps).
+    # Entering autocast and no-op conversions cost microseconds each: skip them where they
+    # change nothing (streaming steps in float32).
     ctx = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) \
         else contextlib.nullcontext()
-    return ctx, [t.to(dtype) for t in tensors]
+    return ctx, [t if t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 def _check_axis(k_norm_axis):
@@ -183,9 +184,23 @@ def state_attention(q, state, eps=EPS):
 
 def linear_attention_step(q_t, k_t, v_t, state, eps=EPS):
     """One more position: ``q_t, k_t, v_t [..., d_h]``, ``state [..., d_h, d_h]`` (from
-    :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2)."""
+    :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2).
+
+    Written for batch-1 latency, where each operator call costs more than its arithmetic:
+    query and key are normalised together and the state update is one fused op.
+    """
+    if q_t.dtype == k_t.dtype == v_t.dtype == state.dtype == torch.float32 \
+            and not torch.is_autocast_enabled(q_t.device.type):
+        return _step(q_t, k_t, v_t, state, eps)
     out_dtype = v_t.dtype
     ctx, (q_t, k_t, v_t, state) = _compute(q_t, k_t, v_t, state)
     with ctx:
-        state = state + l2_elu(k_t, eps=eps).unsqueeze(-1) * v_t.unsqueeze(-2)
-        return _query_state(q_t, state, eps).to(out_dtype), state
+        out, state = _step(q_t, k_t, v_t, state, eps)
+        return out.to(out_dtype), state
+
+
+def _step(q_t, k_t, v_t, state, eps):
+    qk = F.elu(torch.stack([q_t, k_t]))
+    qk = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(eps)
+    state = torch.addcmul(state, qk[1].unsqueeze(-1), v_t.unsqueeze(-2))
+    return (qk[0].unsqueeze(-2) @ state).squeeze(-2).mul_(q_t.size(-1) ** -0.5), state

@@ -4,13 +4,14 @@ LinRec backbones read, and BERT-style normal initialisation.
 """
 
 import torch
+import torch.nn.functional as F
 from recbole.model.layers import FeedForward
 from torch import nn
 
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
-from recbole_efficient.model.layers import fused_linear
+from recbole_efficient.model.layers import eval_activation, fused_linear
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
 __all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
@@ -102,12 +103,6 @@ class LinearAttention(nn.Module):
         q = self._heads(self.query(x_last))
         return self._output(state_attention(q, self.state(x, mask)), x_last)
 
-    def step(self, x, state):
-        """One more position: ``x [B, d]``, ``state [B, H, d_h, d_h]`` -> ``(y, new_state)``."""
-        q, k, v = self._qkv(x)
-        o, state = linear_attention_step(q, k, v, state)
-        return self._output(o, x), state
-
 
 class LinearAttentionEncoder(nn.Module):
     """``n_layers`` x [linear attention sublayer, RecBole's ``FeedForward`` (post-LN)]."""
@@ -143,11 +138,31 @@ class LinearAttentionEncoder(nn.Module):
                 x = ffn(attention(x, mask))
         return states
 
-    def step(self, x, states):
+    def step_weights(self):
+        """Per layer, the tensors :meth:`step` reads (query, key and value fused)."""
+        def norm(ln):
+            return ln.normalized_shape, ln.weight, ln.bias, ln.eps
+
+        return [(a.n_heads, torch.cat([a.query.weight, a.key.weight, a.value.weight]),
+                 torch.cat([a.query.bias, a.key.bias, a.value.bias]), a.dense.weight, a.dense.bias,
+                 norm(a.LayerNorm), f.dense_1.weight, f.dense_1.bias, eval_activation(f),
+                 f.dense_2.weight, f.dense_2.bias, norm(f.LayerNorm))
+                for a, f in zip(self.attention, self.feed_forward)]
+
+    def step(self, x, states, weights):
+        """One more position through every layer, eval mode (no dropout): ``x [B, d]``,
+        per-layer ``states [B, H, d_h, d_h]``, ``weights`` from :meth:`step_weights`.
+
+        The sublayers written out with functional calls: at batch 1 a step is ~60 operators
+        of a few microseconds each, and module calls and weight lookups would double that.
+        """
         new_states = []
-        for attention, ffn, state in zip(self.attention, self.feed_forward, states):
-            x, state = attention.step(x, state)
-            x = ffn(x)
+        for (n_heads, w_qkv, b_qkv, w_o, b_o, norm_1, w_1, b_1, act, w_2, b_2, norm_2), state \
+                in zip(weights, states):
+            q, k, v = F.linear(x, w_qkv, b_qkv).view(x.size(0), 3, n_heads, -1).unbind(1)
+            o, state = linear_attention_step(q, k, v, state)
+            x = F.layer_norm(F.linear(o.flatten(1).to(x.dtype), w_o, b_o) + x, *norm_1)
+            x = F.layer_norm(F.linear(act(F.linear(x, w_1, b_1)), w_2, b_2) + x, *norm_2)
             new_states.append(state)
         return x, new_states
 

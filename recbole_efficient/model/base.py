@@ -200,9 +200,35 @@ class EfficientSequentialRecommender(SequentialRecommender):
                 f"state from the most recent items with build_state(item_seq[:, -{limit - 1}:], ...) "
                 "or train with a larger MAX_ITEM_LIST_LENGTH.")
 
+    def train(self, mode=True):
+        self.__dict__.pop("_stream_cache", None)  # training changes the weights: free it
+        return super().train(mode)
+
+    def _stream_weights(self, refresh=False):
+        """:meth:`_gather_stream_weights`, cached while every parameter keeps its storage and
+        version (in-place updates such as optimiser steps and ``load_state_dict`` bump it).
+        ``init_state``/``build_state`` refresh it, so a state built after modules or
+        parameters were replaced steps with the new ones."""
+        cache = self.__dict__.get("_stream_cache")
+        if refresh or cache is None or not all(
+                p._version == version and p.data_ptr() == ptr for p, version, ptr in cache[0]):
+            # Ordinary tensors even when called under inference_mode: usable later with no_grad.
+            with torch.inference_mode(False), torch.no_grad():
+                weights = self._gather_stream_weights()
+            params = [(p, p._version, p.data_ptr()) for p in self.parameters()]
+            cache = self.__dict__["_stream_cache"] = (params, weights)
+        return cache[1]
+
+    def _gather_stream_weights(self):
+        """Hook: what :meth:`_stream_step` reads from the parameters, gathered once instead of
+        at every step (default: nothing). At batch 1 a step is mostly per-call overhead, and
+        looking weights up through modules and fusing them costs as much as the arithmetic."""
+        return None
+
     def init_state(self, batch_size):
         """State of ``batch_size`` empty histories."""
         self._check_streaming()
+        self._stream_weights(refresh=True)
         device = self.item_embedding.weight.device
         return StreamState(self._stream_init(batch_size),
                            torch.zeros(batch_size, dtype=torch.long, device=device))
@@ -215,6 +241,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
         """
         self._check_streaming()
         self._check_limit(item_seq_len)
+        self._stream_weights(refresh=True)
         return StreamState(self._stream_build(item_seq, item_seq_len), item_seq_len.clone())
 
     @torch.no_grad()

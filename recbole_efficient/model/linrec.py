@@ -22,6 +22,7 @@ state from the most recent items, or train with a larger ``MAX_ITEM_LIST_LENGTH`
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recbole_efficient.model.attention import (LINEAR_ATTENTION_SPEC, LinearAttentionEncoder,
@@ -97,8 +98,17 @@ class LinRec(EfficientSequentialRecommender):
         x, mask = self._embed_seq(item_seq, item_seq_len)
         return self.encoder.build_states(x, mask)
 
+    def _gather_stream_weights(self):
+        ln = self.LayerNorm
+        return (self.item_embedding.weight, self.position_embedding.weight,
+                (ln.normalized_shape, ln.weight, ln.bias, ln.eps), self.encoder.step_weights())
+
     def _stream_step(self, item_ids, positions, layers):
-        return self.encoder.step(self._embed(item_ids, positions), layers)
+        items, positions_table, norm, weights = self._stream_weights()
+        # _embed written out (eval: no dropout), as the encoder's step is
+        x = F.layer_norm(F.embedding(item_ids, items) + F.embedding(positions, positions_table),
+                         *norm)
+        return self.encoder.step(x, layers, weights)
 
     def extra_repr(self):
         return f"causal={self.causal}"
