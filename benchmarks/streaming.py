@@ -61,7 +61,7 @@ def median_ms(fns, warmup, repeats, sync, block_ms=5.0):
             start = time.perf_counter()
             for _ in range(n):
                 fn()
-            sync()
+                sync()  # latency, not throughput: on CUDA the next call must not overlap
             bucket.append((time.perf_counter() - start) * 1e3 / n)
     return [statistics.median(t) for t in times]
 

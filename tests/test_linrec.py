@@ -68,9 +68,10 @@ def test_build_state_then_step_equals_full_forward():
     assert all(torch.count_nonzero(s[3]) == 0 for s in state.layers)  # empty history
 
 
-def test_step_uses_the_current_weights_after_they_change_in_place():
-    """The weights a step gathers once (fused q/k/v) follow in-place updates made after the
-    state was created: ``load_state_dict``, or an optimiser changing a single parameter."""
+def test_step_uses_the_current_weights_however_they_change():
+    """The parameters a step gathers once stay those of the model: after in-place updates,
+    writes through ``.data``, ``load_state_dict`` (also with ``assign=True``) and a replaced
+    parameter, all made after the state was created."""
     model, other = make_model(), make_model(seed=1)
     seq, lens = right_padded([1, 1], 1, seed=4)
     empty = model.init_state(2)  # gathers the weights
@@ -86,9 +87,24 @@ def test_step_uses_the_current_weights_after_they_change_in_place():
     with torch.no_grad():
         model.encoder.attention[1].key.bias.add_(0.5)
     assert_step_is_full_forward()
+    model.encoder.feed_forward[0].dense_1.weight.data.mul_(1.5)
+    assert_step_is_full_forward()
+    model.load_state_dict(make_model(seed=2).state_dict(), assign=True)
+    assert_step_is_full_forward()
+    model.encoder.attention[0].value.weight = torch.nn.Parameter(torch.randn(16, 16))
+    assert_step_is_full_forward()
     assert not any("cache" in key for key in model.state_dict())
     model.train()  # training frees the gathered weights
     assert "_stream_cache" not in model.__dict__
+
+
+def test_streaming_in_inference_mode_and_not_without_a_mixer():
+    with torch.inference_mode():  # parameters are inference tensors (no version counter)
+        model = make_model()
+        seq, lens = right_padded([3], 4, seed=5)
+        assert_step_after_build_state_is_full_forward(model, seq, lens, torch.tensor([7]),
+                                                      atol=2e-5)
+    assert not make_model().drop_sequence_mixer().supports_streaming()
 
 
 def test_streaming_stops_at_the_learned_positions():

@@ -183,8 +183,8 @@ def state_attention(q, state, eps=EPS):
 
 
 def linear_attention_step(q_t, k_t, v_t, state, eps=EPS):
-    """One more position: ``q_t, k_t, v_t [..., d_h]``, ``state [..., d_h, d_h]`` (from
-    :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2).
+    """One more position: ``q_t, k_t, v_t [..., d_h]`` (one shape), ``state [..., d_h, d_h]``
+    (from :func:`kv_state` or a previous step) -> ``(out_t [..., d_h], new_state)``; O(d_h^2).
 
     Written for batch-1 latency, where each operator call costs more than its arithmetic:
     query and key are normalised together and the state update is one fused op.

@@ -139,14 +139,14 @@ class LinearAttentionEncoder(nn.Module):
         return states
 
     def step_weights(self):
-        """Per layer, the tensors :meth:`step` reads (query, key and value fused)."""
+        """Per layer, the parameters :meth:`step` reads (live, not copies)."""
         def norm(ln):
             return ln.normalized_shape, ln.weight, ln.bias, ln.eps
 
-        return [(a.n_heads, torch.cat([a.query.weight, a.key.weight, a.value.weight]),
-                 torch.cat([a.query.bias, a.key.bias, a.value.bias]), a.dense.weight, a.dense.bias,
-                 norm(a.LayerNorm), f.dense_1.weight, f.dense_1.bias, eval_activation(f),
-                 f.dense_2.weight, f.dense_2.bias, norm(f.LayerNorm))
+        return [(a.n_heads, a.query.weight, a.query.bias, a.key.weight, a.key.bias,
+                 a.value.weight, a.value.bias, a.dense.weight, a.dense.bias, norm(a.LayerNorm),
+                 f.dense_1.weight, f.dense_1.bias, eval_activation(f), f.dense_2.weight,
+                 f.dense_2.bias, norm(f.LayerNorm))
                 for a, f in zip(self.attention, self.feed_forward)]
 
     def step(self, x, states, weights):
@@ -157,9 +157,10 @@ class LinearAttentionEncoder(nn.Module):
         of a few microseconds each, and module calls and weight lookups would double that.
         """
         new_states = []
-        for (n_heads, w_qkv, b_qkv, w_o, b_o, norm_1, w_1, b_1, act, w_2, b_2, norm_2), state \
-                in zip(weights, states):
-            q, k, v = F.linear(x, w_qkv, b_qkv).view(x.size(0), 3, n_heads, -1).unbind(1)
+        for (n_heads, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, norm_1, w_1, b_1, act, w_2, b_2,
+             norm_2), state in zip(weights, states):
+            q, k, v = (F.linear(x, w, b).view(x.size(0), n_heads, -1)
+                       for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v)))
             o, state = linear_attention_step(q, k, v, state)
             x = F.layer_norm(F.linear(o.flatten(1).to(x.dtype), w_o, b_o) + x, *norm_1)
             x = F.layer_norm(F.linear(act(F.linear(x, w_1, b_1)), w_2, b_2) + x, *norm_2)

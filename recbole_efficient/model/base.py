@@ -40,6 +40,20 @@ def model_defaults(model_class):
     return merged
 
 
+#: Parameters and submodules registered so far in this process, by any module: a changed
+#: count means a model's gathered stream weights (see ``_stream_weights``) may be stale.
+_REGISTRATIONS = [0]
+
+
+def _count_registration(module, name, value):
+    _REGISTRATIONS[0] += 1
+
+
+# Global hooks, one integer increment per registration (model construction, weight swaps).
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+
+
 @dataclass
 class StreamState:
     """Streaming-inference state of a batch of users.
@@ -57,6 +71,8 @@ class EfficientSequentialRecommender(SequentialRecommender):
 
     #: True when the output at position t depends only on items 0..t (see :meth:`is_causal`).
     causal = True
+    #: Set by :meth:`drop_sequence_mixer`.
+    mixer_dropped = False
     #: Keys this model reads, checked at start-up (``recbole_efficient.validation``).
     config_spec = EFFICIENT_SPEC
 
@@ -170,9 +186,10 @@ class EfficientSequentialRecommender(SequentialRecommender):
     # the mode and the position limit, turns off autograd and scores the items.
 
     def supports_streaming(self):
-        """True when :meth:`step` is available for this model and config."""
+        """True when :meth:`step` is available for this model and config (and its sequence
+        mixer has not been dropped)."""
         return type(self)._stream_step is not EfficientSequentialRecommender._stream_step \
-            and self.causal
+            and self.causal and not self.mixer_dropped
 
     def stream_limit(self):
         """Most items a streamed history may hold (``None``: unbounded).
@@ -204,25 +221,28 @@ class EfficientSequentialRecommender(SequentialRecommender):
         self.__dict__.pop("_stream_cache", None)  # training changes the weights: free it
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .half(), ... may put new Parameter objects in place without registering them
+        self.__dict__.pop("_stream_cache", None)
+        return super()._apply(fn, *args, **kwargs)
+
     def _stream_weights(self, refresh=False):
-        """:meth:`_gather_stream_weights`, cached while every parameter keeps its storage and
-        version (in-place updates such as optimiser steps and ``load_state_dict`` bump it).
-        ``init_state``/``build_state`` refresh it, so a state built after modules or
-        parameters were replaced steps with the new ones."""
+        """:meth:`_gather_stream_weights`, kept until a parameter or submodule of any module is
+        registered anew (a replaced weight, ``load_state_dict(assign=True)``), the model is
+        converted or trained, or ``init_state``/``build_state`` refresh it. It holds the live
+        parameters, not copies, so in-place updates (optimiser steps, ``load_state_dict``,
+        writes through ``.data``) are seen at once."""
         cache = self.__dict__.get("_stream_cache")
-        if refresh or cache is None or not all(
-                p._version == version and p.data_ptr() == ptr for p, version, ptr in cache[0]):
-            # Ordinary tensors even when called under inference_mode: usable later with no_grad.
-            with torch.inference_mode(False), torch.no_grad():
-                weights = self._gather_stream_weights()
-            params = [(p, p._version, p.data_ptr()) for p in self.parameters()]
-            cache = self.__dict__["_stream_cache"] = (params, weights)
+        if refresh or cache is None or cache[0] != _REGISTRATIONS[0]:
+            cache = self.__dict__["_stream_cache"] = (_REGISTRATIONS[0],
+                                                      self._gather_stream_weights())
         return cache[1]
 
     def _gather_stream_weights(self):
-        """Hook: what :meth:`_stream_step` reads from the parameters, gathered once instead of
-        at every step (default: nothing). At batch 1 a step is mostly per-call overhead, and
-        looking weights up through modules and fusing them costs as much as the arithmetic."""
+        """Hook: the parameters (and constants) :meth:`_stream_step` reads, gathered once
+        instead of at every step (default: nothing). At batch 1 a step is mostly per-call
+        overhead, and looking weights up through the module tree costs about as much as the
+        arithmetic. Return live parameters, never copies derived from them."""
         return None
 
     def init_state(self, batch_size):

@@ -327,6 +327,7 @@ class ELASTIC(EfficientSequentialRecommender):
         for block in self.blocks:
             block.lda = None
         self.imr = None
+        self.mixer_dropped = True
         return self
 
     # -- streaming inference (protocol on the base) -----------------------------------------

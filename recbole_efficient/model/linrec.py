@@ -83,6 +83,7 @@ class LinRec(EfficientSequentialRecommender):
         """Every attention sublayer becomes the identity (embeddings, feed-forward stack and
         output layer remain)."""
         self.encoder.drop_attention()
+        self.mixer_dropped = True
         return self
 
     # -- streaming inference (protocol on the base) ---------------------------------------

@@ -114,6 +114,7 @@ class LinRecBERT(EfficientSequentialRecommender):
         """Every attention sublayer becomes the identity (embeddings, feed-forward stack,
         output head remain)."""
         self.encoder.drop_attention()
+        self.mixer_dropped = True
         return self
 
 
