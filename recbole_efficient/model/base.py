@@ -156,10 +156,16 @@ class EfficientSequentialRecommender(SequentialRecommender):
         return F.cross_entropy(self.logits(seq_output), pos_items)
 
     def _all_positions_loss(self, interaction, item_seq, item_seq_len):
-        hidden = self.encode(item_seq, item_seq_len)
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         mask = positions[None, :] < item_seq_len[:, None]
-        return self._positions_loss(hidden[mask], interaction[self.TARGET_SEQ][mask])
+        hidden = self.encode_packed(item_seq, item_seq_len, mask)
+        return self._positions_loss(hidden, interaction[self.TARGET_SEQ][mask])
+
+    def encode_packed(self, item_seq, item_seq_len, mask):
+        """Hidden states at the real positions only, ``[mask.sum(), d]`` in row-major order
+        (``mask [B, L]``: True at real positions). Override to skip the position-wise work on
+        the padding of a batch's shorter rows."""
+        return self.encode(item_seq, item_seq_len)[mask]
 
     def _positions_loss(self, hidden, targets):
         """Mean loss of the hidden states ``[N, d]`` against their target items ``[N]``."""

@@ -140,6 +140,16 @@ class LRULayer(nn.Module):
         """``x [B, L, d]`` (optional initial state ``h0 [B, H]``) -> ``h [B, L, H]``."""
         return lru_scan(self.lamb(), self.state_input(x), h0)
 
+    def packed_states(self, x, mask):
+        """:meth:`states` at the real positions only: ``x [n, d]`` holds the positions where
+        ``mask [B, L]`` is True, row-major. The projection runs on those n positions; the scan
+        runs on the ``[B, L]`` grid with zero inputs at the pads (right padding: they come
+        after every real position of their row, so they change no real state)."""
+        u = self.state_input(x)
+        grid = u.new_zeros(*mask.shape, u.size(-1))
+        grid[mask] = u
+        return lru_scan(self.lamb(), grid)[mask]
+
     def output(self, h, x):
         """Position-wise: ``h [..., H]``, ``x [..., d]`` -> ``y [..., d]``."""
         return self.layer_norm(self.dropout(self.out_proj(h)) + x)

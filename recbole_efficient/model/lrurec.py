@@ -113,6 +113,17 @@ class LRURec(EfficientSequentialRecommender):
             x, _ = block(x)
         return x
 
+    def encode_packed(self, item_seq, item_seq_len, mask):
+        """Training on every position: embedding, projections, norms and feed-forward run on
+        the real positions only, the scan on the padded grid (``LRULayer.packed_states``)."""
+        x = self.embed(item_seq[mask])
+        for block in self.blocks:
+            if block.lru is None:
+                x = block.feed_forward(x)
+            else:
+                x = block.output(block.lru.packed_states(x, mask), x)
+        return x
+
     def encode_last(self, item_seq, item_seq_len):
         """Every layer at every position, but the last layer's output projection and
         feed-forward at each row's last real position only."""
