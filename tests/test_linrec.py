@@ -357,3 +357,26 @@ def test_cloze_loss_applies_the_head_at_masked_positions_only_exactly():
     masked = cloze_mask(lengths, 8, model.mask_ratio)
     hidden = model.encode(seq.masked_fill(masked, model.mask_token), lengths)
     torch.testing.assert_close(lean, model._positions_loss(hidden[masked], seq[masked]))
+
+
+def test_packed_training_equals_the_padded_grid_in_value_and_gradient():
+    """``all_positions`` training runs LinRec's position-wise work on the real positions only;
+    loss and every gradient equal those of the full padded forward (dropout off)."""
+    model = make_model(hidden_dropout_prob=0.0, chunk_size=3).train()
+    seq, lengths = right_padded([10, 3, 7, 1], 10, seed=6)
+    targets = torch.randint(1, N_ITEMS, seq.shape, generator=torch.Generator().manual_seed(7))
+    mask = torch.arange(10)[None] < lengths[:, None]
+
+    def loss_and_grads(hidden):
+        loss = model._positions_loss(hidden, targets[mask])
+        params = [p for p in model.parameters() if p.requires_grad]
+        return loss, torch.autograd.grad(loss, params, allow_unused=True)
+
+    packed = loss_and_grads(model.encode_packed(seq, lengths, mask))
+    padded = loss_and_grads(model.encode(seq, lengths)[mask])
+    torch.testing.assert_close(packed[0], padded[0])
+    for a, b in zip(packed[1], padded[1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    floor = make_model().drop_sequence_mixer()
+    torch.testing.assert_close(floor.encode_packed(seq, lengths, mask),
+                               floor.encode(seq, lengths)[mask])

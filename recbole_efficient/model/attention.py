@@ -69,9 +69,13 @@ class LinearAttention(nn.Module):
     def _qkv(self, x):
         """Query, key and value heads from one matmul (and, for ``[B, L, d]``, one copy)."""
         qkv = fused_linear(x, self.query, self.key, self.value)
-        qkv = qkv.unflatten(-1, (3, self.n_heads, self.head_size))
         if x.dim() == 2:
-            return qkv.unbind(1)
+            return qkv.unflatten(-1, (3, self.n_heads, self.head_size)).unbind(1)
+        return self._split(qkv)
+
+    def _split(self, qkv):
+        """``[B, L, 3d]`` -> query, key and value heads ``[B, H, L, d_h]`` (one copy)."""
+        qkv = qkv.unflatten(-1, (3, self.n_heads, self.head_size))
         return qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # [3, B, H, L, d_h]
 
     def _merge(self, o):
@@ -82,14 +86,25 @@ class LinearAttention(nn.Module):
     def _output(self, o, x):
         return self.LayerNorm(self.out_dropout(self.dense(self._merge(o).to(x.dtype))) + x)
 
+    def _attend(self, q, k, v, mask):
+        if self.causal:
+            return causal_linear_attention(q, k, v, self.chunk_size)
+        return linear_attention(q, k, v, mask[:, None], self.k_norm_axis)
+
     def forward(self, x, mask):
         """``x [B, L, d]``, ``mask [B, L]`` (True at real positions) -> ``[B, L, d]``."""
-        q, k, v = self._qkv(x)
-        if self.causal:
-            o = causal_linear_attention(q, k, v, self.chunk_size)
-        else:
-            o = linear_attention(q, k, v, mask[:, None], self.k_norm_axis)
-        return self._output(o, x)
+        return self._output(self._attend(*self._qkv(x), mask), x)
+
+    def forward_packed(self, x, mask):
+        """:meth:`forward` at the real positions only: ``x [n, d]`` holds the positions where
+        ``mask [B, L]`` is True, row-major. Projections, residual and norm run on those n; the
+        attention on the ``[B, L]`` grid with zeros at the pads (masked, or after every real
+        position of their row when causal)."""
+        qkv = fused_linear(x, self.query, self.key, self.value)
+        grid = qkv.new_zeros(*mask.shape, qkv.size(-1))
+        grid[mask] = qkv
+        o = self._merge(self._attend(*self._split(grid), mask))[mask]
+        return self.LayerNorm(self.out_dropout(self.dense(o.to(x.dtype))) + x)
 
     def state(self, x, mask):
         """``sum_j k^_j^T v_j`` over the real positions: ``[B, H, d_h, d_h]`` (float32)."""
@@ -120,6 +135,12 @@ class LinearAttentionEncoder(nn.Module):
     def forward(self, x, mask):
         for attention, ffn in zip(self.attention, self.feed_forward):
             x = ffn(attention(x, mask))
+        return x
+
+    def forward_packed(self, x, mask):
+        """:meth:`forward` at the real positions of ``mask [B, L]`` only (``x [n, d]``)."""
+        for attention, ffn in zip(self.attention, self.feed_forward):
+            x = ffn(attention.forward_packed(x, mask))
         return x
 
     def forward_last(self, x, mask, last):
@@ -175,6 +196,9 @@ class LinearAttentionEncoder(nn.Module):
 
 class _Identity(nn.Module):
     def forward(self, x, mask):
+        return x
+
+    def forward_packed(self, x, mask):
         return x
 
     def forward_last(self, x, mask, last):

@@ -152,6 +152,30 @@ class DispatcherAttention(nn.Module):
                                      self.training)
         return self._merge(x, out)
 
+    def forward_packed(self, x, mask, interests=None):
+        """:meth:`forward` at the real positions only: ``x [n, d]`` (interests ``[n, m, d]``)
+        hold the positions where ``mask [B, L]`` is True, row-major. Projections, residual and
+        norm run on those n; the dispatcher on the ``[B, L]`` grid with zeros at the pads."""
+        def grid(t):  # [n, ...] -> [B, L, ...], zeros at the pads
+            out = t.new_zeros(*mask.shape, *t.shape[1:])
+            out[mask] = t
+            return out
+
+        q, k, v = (self._heads(t) for t in grid(fused_linear(x, self.query, self.key,
+                                                             self.value)).chunk(3, -1))
+        extra_k = extra_v = None
+        if interests is not None:
+            extra_k, extra_v = (self._heads(t) for t in grid(
+                fused_linear(interests, self.key, self.value)).chunk(2, -1))
+        drop = self.attn_dropout if self.training else 0.0
+        if self.causal:
+            out = dispatch_causal(q, k, v, self.experts, self.chunk_size, extra_k, extra_v, drop,
+                                  self.training)
+        else:
+            out = dispatch_noncausal(q, k, v, self.experts, mask, extra_k, extra_v, drop,
+                                     self.training)
+        return self._merge(x, out.movedim(1, -2)[mask])  # [n, H, D]: _merge's movedim is a no-op
+
     def forward_last(self, x, x_last, mask, interests_last=None):
         """The sublayer's output at each row's last real position only: ``x_last [B, d]``,
         ``interests_last [B, m, d]`` -> ``[B, d]``. Exact in both forms: the last position's
@@ -198,6 +222,11 @@ class ELASTICBlock(nn.Module):
     def forward(self, x, mask, interests=None):
         if self.lda is not None:
             x = self.lda(x, mask, interests)
+        return self.feed_forward(x)
+
+    def forward_packed(self, x, mask, interests=None):
+        if self.lda is not None:
+            x = self.lda.forward_packed(x, mask, interests)
         return self.feed_forward(x)
 
     def forward_last(self, x, x_last, mask, interests_last=None):
@@ -313,6 +342,24 @@ class ELASTIC(EfficientSequentialRecommender):
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.blocks[-1](x, mask, interests)
+
+    def encode_packed(self, item_seq, item_seq_len, mask):
+        """Training on every position (causal form): embeddings, projections, norms,
+        feed-forward and memory queries at the real positions only, the dispatcher on the
+        padded grid."""
+        if not self.causal:
+            return super().encode_packed(item_seq, item_seq_len, mask)
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
+        x = self._embed(item_seq[mask], positions[mask])                    # [n, d]
+        interests = None
+        if self.imr is not None:
+            grid = x.new_zeros(*mask.shape, x.size(-1))
+            grid[mask] = x
+            count = torch.arange(1, mask.size(1) + 1, device=x.device, dtype=x.dtype)
+            interests = self.imr((grid.cumsum(1) / count[:, None])[mask], x)  # [n, m, d]
+        for block in self.blocks[:-1]:
+            x = block.forward_packed(x, mask)
+        return self.blocks[-1].forward_packed(x, mask, interests)
 
     def encode_last(self, item_seq, item_seq_len):
         x, mask = self._inputs(item_seq, item_seq_len)

@@ -75,6 +75,12 @@ class LinRec(EfficientSequentialRecommender):
         x, mask = self._embed_seq(item_seq, item_seq_len)
         return self.encoder(x, mask)
 
+    def encode_packed(self, item_seq, item_seq_len, mask):
+        """Training on every position: embeddings, projections, norms and feed-forward run on
+        the real positions only, the attention on the padded grid."""
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
+        return self.encoder.forward_packed(self._embed(item_seq[mask], positions[mask]), mask)
+
     def encode_last(self, item_seq, item_seq_len):
         x, mask = self._embed_seq(item_seq, item_seq_len)
         return self.encoder.forward_last(x, mask, item_seq_len - 1)
