@@ -107,3 +107,26 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_tiny_dataset(tmp_path)
     return tmp_path, lambda **kw: tiny_config(tmp_path, **kw)
+
+
+def assert_packed_training_is_padded_training(model, floor, n_items):
+    """``encode_packed`` (``all_positions`` training on the real positions only) gives the same
+    loss and gradients (sparse ones densified) as the full padded forward, for ``model`` in
+    train mode with dropout off; its ``floor`` (mixer dropped) the same hidden states."""
+    seq, lengths = right_padded([10, 3, 7, 1], 10, n_items, seed=6)
+    targets = torch.randint(1, n_items, seq.shape, generator=torch.Generator().manual_seed(7))
+    mask = torch.arange(10)[None] < lengths[:, None]
+
+    def loss_and_grads(hidden):
+        loss = model._positions_loss(hidden, targets[mask])
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss, [g.to_dense() if g is not None and g.is_sparse else g for g in grads]
+
+    packed = loss_and_grads(model.encode_packed(seq, lengths, mask))
+    padded = loss_and_grads(model.encode(seq, lengths)[mask])
+    torch.testing.assert_close(packed[0], padded[0])
+    for a, b in zip(packed[1], padded[1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(floor.encode_packed(seq, lengths, mask),
+                               floor.encode(seq, lengths)[mask])

@@ -15,6 +15,7 @@ from recbole_efficient.validation import ConfigError
 
 import conftest
 from conftest import (POPULARITY_NDCG10, TINY, StubDataset, assert_built_state_is_stepped_state,
+                      assert_packed_training_is_padded_training,
                       assert_step_after_build_state_is_full_forward, full_sort_scores)
 
 N_ITEMS = 50
@@ -360,23 +361,6 @@ def test_cloze_loss_applies_the_head_at_masked_positions_only_exactly():
 
 
 def test_packed_training_equals_the_padded_grid_in_value_and_gradient():
-    """``all_positions`` training runs LinRec's position-wise work on the real positions only;
-    loss and every gradient equal those of the full padded forward (dropout off)."""
+    """``all_positions`` training runs LinRec's position-wise work on the real positions only."""
     model = make_model(hidden_dropout_prob=0.0, chunk_size=3).train()
-    seq, lengths = right_padded([10, 3, 7, 1], 10, seed=6)
-    targets = torch.randint(1, N_ITEMS, seq.shape, generator=torch.Generator().manual_seed(7))
-    mask = torch.arange(10)[None] < lengths[:, None]
-
-    def loss_and_grads(hidden):
-        loss = model._positions_loss(hidden, targets[mask])
-        params = [p for p in model.parameters() if p.requires_grad]
-        return loss, torch.autograd.grad(loss, params, allow_unused=True)
-
-    packed = loss_and_grads(model.encode_packed(seq, lengths, mask))
-    padded = loss_and_grads(model.encode(seq, lengths)[mask])
-    torch.testing.assert_close(packed[0], padded[0])
-    for a, b in zip(packed[1], padded[1]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    floor = make_model().drop_sequence_mixer()
-    torch.testing.assert_close(floor.encode_packed(seq, lengths, mask),
-                               floor.encode(seq, lengths)[mask])
+    assert_packed_training_is_padded_training(model, make_model().drop_sequence_mixer(), N_ITEMS)

@@ -14,6 +14,7 @@ from recbole_efficient.model.layers import LRULayer
 
 import conftest
 from conftest import (StubDataset, assert_built_state_is_stepped_state,
+                      assert_packed_training_is_padded_training,
                       assert_step_after_build_state_is_full_forward)
 
 N_ITEMS = 50
@@ -326,23 +327,6 @@ def test_complex_linear_is_the_complex_affine_map(complex_input, real_output):
 
 
 def test_packed_training_equals_the_padded_grid_in_value_and_gradient():
-    """``all_positions`` training runs LRURec's position-wise work on the real positions only;
-    loss and every gradient equal those of the full padded forward (dropout off)."""
+    """``all_positions`` training runs LRURec's position-wise work on the real positions only."""
     model = trained_like(make_model(hidden_dropout_prob=0.0, lru_dropout_prob=0.0)).train()
-    seq, lengths = right_padded([12, 3, 7, 1], 12, seed=6)
-    targets = torch.randint(1, N_ITEMS, seq.shape, generator=torch.Generator().manual_seed(7))
-    mask = torch.arange(12)[None] < lengths[:, None]
-
-    def loss_and_grads(hidden):
-        loss = model._positions_loss(hidden, targets[mask])
-        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
-        return loss, grads
-
-    packed = loss_and_grads(model.encode_packed(seq, lengths, mask))
-    padded = loss_and_grads(model.encode(seq, lengths)[mask])
-    torch.testing.assert_close(packed[0], padded[0])
-    for a, b in zip(packed[1], padded[1]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    floor = make_model().drop_sequence_mixer()
-    torch.testing.assert_close(floor.encode_packed(seq, lengths, mask),
-                               floor.encode(seq, lengths)[mask])
+    assert_packed_training_is_padded_training(model, make_model().drop_sequence_mixer(), N_ITEMS)

@@ -140,17 +140,16 @@ class DispatcherAttention(nn.Module):
         qkv = fused_linear(x, self.query, self.key, self.value)
         return (self._heads(t) for t in qkv.chunk(3, -1))
 
-    def forward(self, x, mask, interests=None):
-        q, k, v = self._qkv(x)
-        extra_k, extra_v = self._extras(interests)
+    def _dispatch(self, q, k, v, mask, extra_k, extra_v):
         drop = self.attn_dropout if self.training else 0.0
         if self.causal:
-            out = dispatch_causal(q, k, v, self.experts, self.chunk_size, extra_k, extra_v, drop,
+            return dispatch_causal(q, k, v, self.experts, self.chunk_size, extra_k, extra_v,
+                                   drop, self.training)
+        return dispatch_noncausal(q, k, v, self.experts, mask, extra_k, extra_v, drop,
                                   self.training)
-        else:
-            out = dispatch_noncausal(q, k, v, self.experts, mask, extra_k, extra_v, drop,
-                                     self.training)
-        return self._merge(x, out)
+
+    def forward(self, x, mask, interests=None):
+        return self._merge(x, self._dispatch(*self._qkv(x), mask, *self._extras(interests)))
 
     def forward_packed(self, x, mask, interests=None):
         """:meth:`forward` at the real positions only: ``x [n, d]`` (interests ``[n, m, d]``)
@@ -167,13 +166,7 @@ class DispatcherAttention(nn.Module):
         if interests is not None:
             extra_k, extra_v = (self._heads(t) for t in grid(
                 fused_linear(interests, self.key, self.value)).chunk(2, -1))
-        drop = self.attn_dropout if self.training else 0.0
-        if self.causal:
-            out = dispatch_causal(q, k, v, self.experts, self.chunk_size, extra_k, extra_v, drop,
-                                  self.training)
-        else:
-            out = dispatch_noncausal(q, k, v, self.experts, mask, extra_k, extra_v, drop,
-                                     self.training)
+        out = self._dispatch(q, k, v, mask, extra_k, extra_v)
         return self._merge(x, out.movedim(1, -2)[mask])  # [n, H, D]: _merge's movedim is a no-op
 
     def forward_last(self, x, x_last, mask, interests_last=None):
