@@ -219,11 +219,20 @@ def fused_linear(x, *linears):
     return F.linear(x, weight, bias)
 
 
+def _gelu(x):
+    # RecBole's exact GELU, x * 0.5 * (1 + erf(x / sqrt 2)), in place after the first op: at
+    # batch 1 this beats F.gelu's call overhead (~250 vs ~277 us per LinRec step here)
+    return torch.erf(x * _SQRT_HALF).add_(1.0).mul_(x).mul_(0.5)
+
+
+_SQRT_HALF = 1 / math.sqrt(2.0)
+
+
 def eval_activation(ffn):
-    """The activation of RecBole's ``FeedForward`` ``ffn`` as one fused torch function where
-    one exists (RecBole writes GELU and swish out in 4 and 2 operators; the functions are the
-    same), for inference paths where each operator call counts."""
+    """The activation of RecBole's ``FeedForward`` ``ffn`` for an inference path where each
+    operator call counts: its GELU with in-place operators, its swish as ``F.silu`` (the same
+    functions); the others as they are."""
     act = ffn.intermediate_act_fn
     if getattr(act, "__self__", None) is ffn:  # RecBole's own methods
-        return {"gelu": F.gelu, "swish": F.silu}.get(act.__name__, act)
+        return {"gelu": _gelu, "swish": F.silu}.get(act.__name__, act)
     return act
