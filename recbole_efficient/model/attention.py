@@ -11,7 +11,7 @@ from torch import nn
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
-from recbole_efficient.model.layers import eval_activation, fused_linear
+from recbole_efficient.model.layers import eval_activation, fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
 __all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
@@ -100,11 +100,9 @@ class LinearAttention(nn.Module):
         ``mask [B, L]`` is True, row-major. Projections, residual and norm run on those n; the
         attention on the ``[B, L]`` grid with zeros at the pads (masked, or after every real
         position of their row when causal)."""
-        qkv = fused_linear(x, self.query, self.key, self.value)
-        grid = qkv.new_zeros(*mask.shape, qkv.size(-1))
-        grid[mask] = qkv
-        o = self._merge(self._attend(*self._split(grid), mask))[mask]
-        return self.LayerNorm(self.out_dropout(self.dense(o.to(x.dtype))) + x)
+        grid = padded_grid(fused_linear(x, self.query, self.key, self.value), mask)
+        o = self._attend(*self._split(grid), mask)                  # [B, H, L, d_h]
+        return self._output(o.transpose(1, 2)[mask], x)             # [n, H, d_h] merged
 
     def state(self, x, mask):
         """``sum_j k^_j^T v_j`` over the real positions: ``[B, H, d_h, d_h]`` (float32)."""

@@ -57,7 +57,7 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.layers import fused_linear
+from recbole_efficient.model.layers import fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -155,17 +155,12 @@ class DispatcherAttention(nn.Module):
         """:meth:`forward` at the real positions only: ``x [n, d]`` (interests ``[n, m, d]``)
         hold the positions where ``mask [B, L]`` is True, row-major. Projections, residual and
         norm run on those n; the dispatcher on the ``[B, L]`` grid with zeros at the pads."""
-        def grid(t):  # [n, ...] -> [B, L, ...], zeros at the pads
-            out = t.new_zeros(*mask.shape, *t.shape[1:])
-            out[mask] = t
-            return out
-
-        q, k, v = (self._heads(t) for t in grid(fused_linear(x, self.query, self.key,
-                                                             self.value)).chunk(3, -1))
+        q, k, v = (self._heads(t) for t in padded_grid(
+            fused_linear(x, self.query, self.key, self.value), mask).chunk(3, -1))
         extra_k = extra_v = None
         if interests is not None:
-            extra_k, extra_v = (self._heads(t) for t in grid(
-                fused_linear(interests, self.key, self.value)).chunk(2, -1))
+            extra_k, extra_v = (self._heads(t) for t in padded_grid(
+                fused_linear(interests, self.key, self.value), mask).chunk(2, -1))
         out = self._dispatch(q, k, v, mask, extra_k, extra_v)
         return self._merge(x, out.movedim(1, -2)[mask])  # [n, H, D]: _merge's movedim is a no-op
 
@@ -226,6 +221,13 @@ class ELASTICBlock(nn.Module):
         if self.lda is not None:
             x_last = self.lda.forward_last(x, x_last, mask, interests_last)
         return self.feed_forward(x_last)
+
+
+def _prefix_means(x):
+    """``x [B, N, d]`` -> the mean of ``x[:, :t+1]`` at every t (the causal memory query's
+    summary; right padding only follows the real positions)."""
+    count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
+    return x.cumsum(1) / count[:, None]
 
 
 class ELASTIC(EfficientSequentialRecommender):
@@ -310,8 +312,7 @@ class ELASTIC(EfficientSequentialRecommender):
         if self.imr is None:
             return None
         if every_position:
-            count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
-            summary = x.cumsum(1) / count[:, None]
+            summary = _prefix_means(x)
             if bool(mask.all()):  # no pads: no gather and scatter
                 return self.imr(summary, x)
             # pads retrieve nothing (their outputs are never used, and the memory rows they
@@ -346,10 +347,7 @@ class ELASTIC(EfficientSequentialRecommender):
         x = self._embed(item_seq[mask], positions[mask])                    # [n, d]
         interests = None
         if self.imr is not None:
-            grid = x.new_zeros(*mask.shape, x.size(-1))
-            grid[mask] = x
-            count = torch.arange(1, mask.size(1) + 1, device=x.device, dtype=x.dtype)
-            interests = self.imr((grid.cumsum(1) / count[:, None])[mask], x)  # [n, m, d]
+            interests = self.imr(_prefix_means(padded_grid(x, mask))[mask], x)  # [n, m, d]
         for block in self.blocks[:-1]:
             x = block.forward_packed(x, mask)
         return self.blocks[-1].forward_packed(x, mask, interests)

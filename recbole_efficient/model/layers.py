@@ -15,7 +15,7 @@ from torch import nn
 from recbole_efficient.kernels.lru_scan import lru_scan, lru_step
 
 __all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock", "fused_linear",
-           "eval_activation"]
+           "eval_activation", "padded_grid"]
 
 
 class ComplexLinear(nn.Module):
@@ -145,10 +145,7 @@ class LRULayer(nn.Module):
         ``mask [B, L]`` is True, row-major. The projection runs on those n positions; the scan
         runs on the ``[B, L]`` grid with zero inputs at the pads (right padding: they come
         after every real position of their row, so they change no real state)."""
-        u = self.state_input(x)
-        grid = u.new_zeros(*mask.shape, u.size(-1))
-        grid[mask] = u
-        return lru_scan(self.lamb(), grid)[mask]
+        return lru_scan(self.lamb(), padded_grid(self.state_input(x), mask))[mask]
 
     def output(self, h, x):
         """Position-wise: ``h [..., H]``, ``x [..., d]`` -> ``y [..., d]``."""
@@ -206,6 +203,12 @@ class LRUBlock(nn.Module):
         h = self.lru.states(x, h0)
         return self.output(h, x), h
 
+    def forward_packed(self, x, mask):
+        """The block at the real positions of ``mask [B, L]`` only (``x [n, d]``)."""
+        if self.lru is None:
+            return self.feed_forward(x)
+        return self.output(self.lru.packed_states(x, mask), x)
+
     def step(self, x, h_prev):
         y, h = self.lru.step(x, h_prev)
         return self.feed_forward(y), h
@@ -217,6 +220,14 @@ def fused_linear(x, *linears):
     weight = torch.cat([f.weight for f in linears])
     bias = torch.cat([f.bias for f in linears])
     return F.linear(x, weight, bias)
+
+
+def padded_grid(packed, mask):
+    """``packed [n, ...]`` (the positions where ``mask [B, L]`` is True, row-major) back on
+    the ``[B, L, ...]`` grid, zeros at the other positions."""
+    grid = packed.new_zeros(*mask.shape, *packed.shape[1:])
+    grid[mask] = packed
+    return grid
 
 
 def _gelu(x):

@@ -118,10 +118,7 @@ class LRURec(EfficientSequentialRecommender):
         the real positions only, the scan on the padded grid (``LRULayer.packed_states``)."""
         x = self.embed(item_seq[mask])
         for block in self.blocks:
-            if block.lru is None:
-                x = block.feed_forward(x)
-            else:
-                x = block.output(block.lru.packed_states(x, mask), x)
+            x = block.forward_packed(x, mask)
         return x
 
     def encode_last(self, item_seq, item_seq_len):
