@@ -13,31 +13,71 @@ both return ``(scores [..., H, k], slots [..., H, k])`` in descending order of s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["product_key_topk", "product_key_topk_naive"]
 
 
-def product_key_topk(query, sub_keys, topk):
-    """Top-``topk`` slots through the two halves' own top-``topk``.
+class _ProductKeySearch(torch.autograd.Function):
+    """The search without autograd; the winners' scores are read from the search's own half
+    scores, and the backward pass touches only the selected sub-keys: O(topk D) per query,
+    not O(n D) (two row gathers and one scatter-add instead of autograd through gathers and
+    broadcast products)."""
 
-    The search runs without autograd; the winners' scores are then recomputed from their
-    2 x ``topk`` sub-keys, so the backward pass costs O(topk D) per query, not O(n D), and
-    only the selected sub-keys get gradients.
-    """
-    n = sub_keys.size(2)
-    q1, q2 = query.chunk(2, -1)
-    with torch.no_grad():
-        # contiguous halves: the matmul reads strided ones at half speed
-        s1, i1 = torch.einsum("...hd,hnd->...hn", q1.contiguous(), sub_keys[:, 0]).topk(
-            topk, -1, sorted=False)
-        s2, i2 = torch.einsum("...hd,hnd->...hn", q2.contiguous(), sub_keys[:, 1]).topk(
-            topk, -1, sorted=False)
-        best = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2).topk(topk, -1).indices
-        first, second = i1.gather(-1, best // topk), i2.gather(-1, best % topk)  # [..., H, k]
-    heads = torch.arange(sub_keys.size(0), device=query.device)[:, None]
-    scores = ((q1.unsqueeze(-2) * sub_keys[:, 0][heads, first]).sum(-1)
-              + (q2.unsqueeze(-2) * sub_keys[:, 1][heads, second]).sum(-1))
-    return scores, first * n + second
+    @staticmethod
+    def forward(ctx, query, sub_keys, topk):
+        heads, _, n, half = sub_keys.shape
+        rows = query.numel() // (heads * 2 * half)
+        q = query.reshape(rows, heads * 2, half)
+        keys = sub_keys.reshape(heads * 2, n, half)
+        # one mm and top-k per head and half (CPU bmm is up to 2x slower on these shapes);
+        # contiguous query halves: the matmul reads strided ones at half speed
+        found = [torch.mm(q[:, i].contiguous(), keys[i].t()).topk(topk, -1)
+                 for i in range(heads * 2)]
+        half_scores = torch.stack([f.values for f in found]).view(heads, 2, rows, topk)
+        index = torch.stack([f.indices for f in found]).view(heads, 2, rows, topk)
+        pairs = half_scores[:, 0, :, :, None] + half_scores[:, 1, :, None, :]  # [H, R, k, k]
+        scores, best = pairs.flatten(-2).topk(topk, -1)                       # [H, R, k]
+        first = index[:, 0].gather(-1, best.div(topk, rounding_mode="floor"))
+        second = index[:, 1].gather(-1, best.remainder(topk))
+        # rows of the [2H n, D/2] sub-key table each winner read, per half: [R, H, 2, k]
+        offsets = torch.arange(0, 2 * heads * n, n, device=query.device).view(heads, 2, 1, 1)
+        table_rows = (torch.stack([first, second], 1) + offsets).permute(2, 0, 1, 3)
+        shape = query.shape[:-1] + (topk,)
+        slots = (first * n + second).permute(1, 0, 2).reshape(shape)
+        ctx.save_for_backward(query, sub_keys, table_rows)
+        ctx.mark_non_differentiable(slots)
+        # under autocast the search runs in half precision; the scores leave in the dtype
+        # that autograd through query and sub_keys would give them
+        dtype = torch.promote_types(query.dtype, sub_keys.dtype)
+        return scores.permute(1, 0, 2).reshape(shape).to(dtype), slots
+
+    @staticmethod
+    def backward(ctx, grad_scores, _):
+        query, sub_keys, table_rows = ctx.saved_tensors
+        heads, _, n, half = sub_keys.shape
+        rows, topk = table_rows.size(0), table_rows.size(-1)
+        table = sub_keys.reshape(-1, half)
+        # both halves of a score get the same gradient: [R, H, 2, k]
+        grad = grad_scores.reshape(rows, heads, 1, topk).expand(-1, -1, 2, -1)
+        grad_query = grad_keys = None
+        if ctx.needs_input_grad[0]:
+            weights = grad.reshape(-1, topk).to(table.dtype)
+            grad_query = F.embedding_bag(table_rows.reshape(-1, topk), table, mode="sum",
+                                         per_sample_weights=weights)
+            grad_query = grad_query.view(query.shape).to(query.dtype)
+        if ctx.needs_input_grad[1]:
+            rows_grad = grad.unsqueeze(-1) * query.reshape(rows, heads, 2, 1, half)
+            grad_keys = torch.zeros_like(table).index_add_(
+                0, table_rows.flatten(), rows_grad.reshape(-1, half).to(table.dtype))
+            grad_keys = grad_keys.view(sub_keys.shape)
+        return grad_query, grad_keys, None
+
+
+def product_key_topk(query, sub_keys, topk):
+    """Top-``topk`` slots through the two halves' own top-``topk``. Only the query and the
+    selected sub-keys get gradients."""
+    return _ProductKeySearch.apply(query, sub_keys, topk)
 
 
 def product_key_topk_naive(query, sub_keys, topk):
