@@ -280,7 +280,7 @@ def test_noncausal_form_trains_augmented_end_to_end(tiny):
     ({"hidden_size": 15, "n_heads": 1},
      "hidden_size=15 is odd: product keys split the memory query into two halves; use an even "
      "--hidden_size or --use_imr=False."),
-    ({"chunk_size": 0}, "chunk_size=0 must be an integer >= 1; use --chunk_size=64 (the "
+    ({"chunk_size": 0}, "chunk_size=0 must be an integer >= 1; use --chunk_size=32 (the "
                         "default)."),
     ({"memory_lr_scale": 0}, "memory_lr_scale=0 must be a number > 0; use "
                              "--memory_lr_scale=1.0 (the default)."),

@@ -234,7 +234,7 @@ class ELASTIC(EfficientSequentialRecommender):
     config_spec = TRANSFORMER_SPEC + (
         Int("n_experts", 1, example=16),
         Bool("lda_causal"),
-        Int("chunk_size", 1, example=64),
+        Int("chunk_size", 1, example=32),
         Bool("use_imr"),
         Int("memory_size", 1, example=65536),
         Int("memory_topk", 1, example=4),
