@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_efficient.kernels.chunking import balanced_chunks
+from recbole_efficient.kernels.dropout import dropout
 
 __all__ = ["causal_pack_weights", "dispatch_noncausal", "dispatch_noncausal_naive",
            "dispatch_causal", "dispatch_causal_naive", "causal_state", "causal_state_update",
@@ -61,7 +62,7 @@ def _unpack(scores, q, extra_k, dropout_p, training):
     if extra_k is not None:
         extra = (q.unsqueeze(-2) * extra_k).sum(-1) * q.size(-1) ** -0.5
         scores = torch.cat([scores, extra.expand(*scores.shape[:-1], -1)], -1)
-    probs = F.dropout(scores.softmax(-1), dropout_p, training)
+    probs = dropout(scores.softmax(-1), dropout_p, training)
     return probs[..., :n_experts], probs[..., n_experts:]
 
 
@@ -157,7 +158,7 @@ def dispatch_causal(q, k, v, experts, chunk_size=64, extra_k=None, extra_v=None,
         extra = (q[:, :, :length].unsqueeze(-2) * extra_k).sum(-1) * scale   # [B, H, N, m]
         extra = F.pad(extra.expand(batch, heads, length, -1), (0, 0, 0, padded - length))
         scores = torch.cat([scores, extra.view(batch, heads, n_chunks, chunk, -1)], -1)
-    probs = F.dropout(scores.softmax(-1), dropout_p, training)
+    probs = dropout(scores.softmax(-1), dropout_p, training)
     w = probs[..., :n_experts] * rz
     mixing = (w @ ac.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
     out = (mixing @ vc).add_(w @ sum_v).flatten(2, 3)[:, :, :length]

@@ -11,7 +11,7 @@ from torch import nn
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
-from recbole_efficient.model.layers import eval_activation, fused_linear, padded_grid
+from recbole_efficient.model.layers import Dropout, eval_activation, fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
 __all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
@@ -57,7 +57,7 @@ class LinearAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out_dropout = nn.Dropout(hidden_dropout_prob)
+        self.out_dropout = Dropout(hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x):

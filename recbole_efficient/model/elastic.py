@@ -57,7 +57,7 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.layers import fused_linear, padded_grid
+from recbole_efficient.model.layers import Dropout, fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -117,7 +117,7 @@ class DispatcherAttention(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
         self.experts = nn.Parameter(torch.empty(n_heads, n_experts, self.head_size))
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x):

@@ -1,0 +1,23 @@
+"""Dropout with the mask drawn as uniform numbers compared with ``p``.
+
+Same distribution and scaling as ``torch.nn.functional.dropout`` (each entry kept with
+probability ``1 - p`` and scaled by ``1 / (1 - p)``), from the same generator, at about half
+the cost on CPU, where ``bernoulli_`` draws its mask several times slower than ``rand``.
+The reference is ``F.dropout`` itself (tests compare statistics and gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["dropout"]
+
+
+def dropout(x, p, training=True):
+    """``x`` with each entry zeroed with probability ``p`` (training only), the rest scaled
+    by ``1 / (1 - p)``; the gradient goes through the same mask."""
+    if not training or p == 0:
+        return x
+    if p >= 1:
+        return x * 0
+    return x * torch.rand_like(x).ge_(p).mul_(1 / (1 - p))
