@@ -331,8 +331,10 @@ def test_defaults_are_the_authors_ml1m_config():
 # -- learning --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,over", [
     ("LinRec", {"epochs": 5, "hidden_size": 32, "n_heads": 2}),
-    # Cloze learns from ~20% of the positions: more, smaller steps.
-    ("LinRecBERT", {"epochs": 10, "hidden_size": 64, "n_heads": 2, "train_batch_size": 32}),
+    # Cloze learns from ~20% of the positions: more, smaller steps. At 10 epochs the test
+    # NDCG@10 was 0.037-0.044 over seeds 2020-2023, around popularity's 0.0403; at 30, 0.0566
+    # at the worst of those seeds.
+    ("LinRecBERT", {"epochs": 30, "hidden_size": 64, "n_heads": 2, "train_batch_size": 32}),
 ])
 def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, name, over):
     import recbole_efficient
