@@ -49,3 +49,20 @@ def test_dropout_module_follows_train_and_eval_and_the_seed():
     assert (first == 0).any() and first.dtype == x.dtype
     assert layer.eval()(x) is x
     assert Dropout(0.5).train()(x.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_dropout_keeps_its_rate(dtype):
+    """Uniforms drawn in the input's half precision would be coarse and biased: at p=0.999 in
+    bf16 every entry was dropped."""
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, dtype=dtype)
+    kept = int((dropout(x, 0.999) != 0).sum())
+    assert 800 < kept < 1200  # 1000 expected, sd ~32
+    out = dropout(x, 0.2)
+    assert out.dtype == dtype and abs((out == 0).double().mean().item() - 0.2) < 0.002
+
+
+def test_dropout_rejects_a_probability_outside_0_1():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(torch.ones(3), -0.1)

@@ -132,6 +132,27 @@ def test_product_key_topk_equals_brute_force(n_sub, topk):
         torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-12)
 
 
+def test_product_key_scores_stay_single_precision_under_autocast():
+    """Autocast runs the search in bf16; the winners' scores are those of the fp32 keys."""
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(64, 2, 16, generator=gen, requires_grad=True)
+    sub_keys = torch.randn(2, 2, 8, 8, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, slots = product_key_topk(query, sub_keys, 3)
+    n = sub_keys.size(2)
+    keys = torch.cat([sub_keys[:, 0].repeat_interleave(n, 1), sub_keys[:, 1].repeat(1, n, 1)], -1)
+    exact = torch.einsum("rhd,rhkd->rhk", query, keys[torch.arange(2)[:, None], slots])
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, exact, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(scores.sum(), [query, sub_keys])
+    assert [g.dtype for g in grads] == [torch.float32] * 2
+
+
+def test_product_key_search_rejects_a_query_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"query \[\.\.\., 2, 16\] expected"):
+        product_key_topk(torch.randn(4, 1, 16), torch.randn(2, 2, 8, 8), 2)
+
+
 @pytest.mark.parametrize("length,chunk_size", [(1, 64), (13, 4), (200, 64), (2000, 64), (64, 64),
                                                (65, 64), (7, 1)])
 def test_balanced_chunks_cover_the_length_with_little_padding(length, chunk_size):

@@ -125,7 +125,7 @@ def _exclusive_cumsum(x, dim):
     return torch.cat([zero, x.narrow(dim, 0, x.size(dim) - 1).cumsum(dim)], dim)
 
 
-def dispatch_causal(q, k, v, experts, chunk_size=64, extra_k=None, extra_v=None,
+def dispatch_causal(q, k, v, experts, chunk_size=32, extra_k=None, extra_v=None,
                     dropout_p=0.0, training=False):
     """Causal LDA over chunks of at most ``chunk_size`` positions, all chunks at once.
 

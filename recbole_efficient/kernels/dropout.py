@@ -16,8 +16,13 @@ __all__ = ["dropout"]
 def dropout(x, p, training=True):
     """``x`` with each entry zeroed with probability ``p`` (training only), the rest scaled
     by ``1 / (1 - p)``; the gradient goes through the same mask."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0:
         return x
-    if p >= 1:
+    if p == 1:
         return x * 0
-    return x * torch.rand_like(x).ge_(p).mul_(1 / (1 - p))
+    # uniforms drawn in float32 even for half-precision x: bf16 draws are too coarse (p=0.999
+    # would drop everything) and biased
+    keep = torch.rand(x.shape, device=x.device).ge_(p).to(x.dtype)
+    return x * keep.mul_(1 / (1 - p))

@@ -27,6 +27,9 @@ class _ProductKeySearch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, sub_keys, topk):
         heads, _, n, half = sub_keys.shape
+        if query.shape[-2:] != (heads, 2 * half):
+            raise ValueError(f"query [..., {heads}, {2 * half}] expected for sub_keys of shape "
+                             f"{tuple(sub_keys.shape)}, got {tuple(query.shape)}")
         rows = query.numel() // (heads * 2 * half)
         q = query.reshape(rows, heads * 2, half)
         keys = sub_keys.reshape(heads * 2, n, half)
@@ -47,10 +50,14 @@ class _ProductKeySearch(torch.autograd.Function):
         slots = (first * n + second).permute(1, 0, 2).reshape(shape)
         ctx.save_for_backward(query, sub_keys, table_rows)
         ctx.mark_non_differentiable(slots)
-        # under autocast the search runs in half precision; the scores leave in the dtype
-        # that autograd through query and sub_keys would give them
         dtype = torch.promote_types(query.dtype, sub_keys.dtype)
-        return scores.permute(1, 0, 2).reshape(shape).to(dtype), slots
+        if scores.dtype != dtype:
+            # autocast ran the search in half precision: the winners' scores are recomputed
+            # in the dtype autograd through query and sub_keys would give them (O(k D) each)
+            halves = query.reshape(rows, heads, 2, 1, half).to(dtype)
+            table = sub_keys.reshape(-1, half).to(dtype)
+            return (table[table_rows] * halves).sum((-1, -3)).reshape(shape), slots
+        return scores.permute(1, 0, 2).reshape(shape), slots
 
     @staticmethod
     def backward(ctx, grad_scores, _):

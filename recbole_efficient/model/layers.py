@@ -21,7 +21,11 @@ __all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock", "fus
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` with :func:`recbole_efficient.kernels.dropout.dropout` (same
-    distribution, mask drawn at about half the CPU cost); used inside the sequence mixers."""
+    distribution, mask drawn at about half the CPU cost); used inside the sequence mixers.
+    Not in place."""
+
+    def __init__(self, p=0.5):
+        super().__init__(p)
 
     def forward(self, x):
         return dropout(x, self.p, self.training)
