@@ -128,16 +128,22 @@ class DispatcherAttention(nn.Module):
         out = out.movedim(1, -2).flatten(-2)
         return self.LayerNorm(x + self.dropout(self.dense(out)))
 
-    def _extras(self, interests):
-        """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``."""
+    def _extras(self, interests, grid=None):
+        """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``;
+        packed ones ``[n, m, d]`` are put back on the ``grid`` mask's ``[B, L]`` first."""
         if interests is None:
             return None, None
         kv = fused_linear(interests, self.key, self.value)
+        if grid is not None:
+            kv = padded_grid(kv, grid)
         return (self._heads(t) for t in kv.chunk(2, -1))
 
-    def _qkv(self, x):
-        """Query, key and value heads from one matmul (one pass over ``x`` and its gradient)."""
+    def _qkv(self, x, grid=None):
+        """Query, key and value heads from one matmul (one pass over ``x`` and its gradient);
+        a packed ``x [n, d]`` is put back on the ``grid`` mask's ``[B, L]`` after it."""
         qkv = fused_linear(x, self.query, self.key, self.value)
+        if grid is not None:
+            qkv = padded_grid(qkv, grid)
         return (self._heads(t) for t in qkv.chunk(3, -1))
 
     def _dispatch(self, q, k, v, mask, extra_k, extra_v):
@@ -155,13 +161,7 @@ class DispatcherAttention(nn.Module):
         """:meth:`forward` at the real positions only: ``x [n, d]`` (interests ``[n, m, d]``)
         hold the positions where ``mask [B, L]`` is True, row-major. Projections, residual and
         norm run on those n; the dispatcher on the ``[B, L]`` grid with zeros at the pads."""
-        q, k, v = (self._heads(t) for t in padded_grid(
-            fused_linear(x, self.query, self.key, self.value), mask).chunk(3, -1))
-        extra_k = extra_v = None
-        if interests is not None:
-            extra_k, extra_v = (self._heads(t) for t in padded_grid(
-                fused_linear(interests, self.key, self.value), mask).chunk(2, -1))
-        out = self._dispatch(q, k, v, mask, extra_k, extra_v)
+        out = self._dispatch(*self._qkv(x, grid=mask), mask, *self._extras(interests, grid=mask))
         return self._merge(x, out.movedim(1, -2)[mask])  # [n, H, D]: _merge's movedim is a no-op
 
     def forward_last(self, x, x_last, mask, interests_last=None):
