@@ -5,7 +5,7 @@ import math
 
 import torch
 
-__all__ = ["LazyAdam", "OptimizerChain"]
+__all__ = ["ClipThenStep", "LazyAdam", "OptimizerChain"]
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -84,3 +84,43 @@ class OptimizerChain:
     def load_state_dict(self, state_dict):
         for opt, state in zip(self.optimizers, state_dict["chain"], strict=True):
             opt.load_state_dict(state)
+
+
+class ClipThenStep:
+    """An optimiser whose ``step`` first clips the gradient norm of ``params``.
+
+    RecBole's trainer clips before ``GradScaler.step``, i.e. the loss-scaled gradients
+    (x65,536 at first), which under ``enable_scaler`` shrinks every update by the scale. A
+    scaler unscales the gradients before calling ``step``, so clipping here sees true norms.
+    """
+
+    def __init__(self, optimizer, params, clip_grad_norm):
+        self.optimizer = optimizer
+        self.params = [p for p in params if p.requires_grad]
+        self.clip_grad_norm = dict(clip_grad_norm)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        torch.nn.utils.clip_grad_norm_(self.params, **self.clip_grad_norm)
+        self.optimizer.step()
+        return loss
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)

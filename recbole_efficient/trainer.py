@@ -15,7 +15,7 @@ from recbole_efficient import distributed
 from recbole_efficient.checkpoint import (BEST, LATEST, config_state, load_checkpoint,
                                           make_run_dir, resume_file, rng_state, save_checkpoint,
                                           set_rng_state)
-from recbole_efficient.optim import LazyAdam, OptimizerChain
+from recbole_efficient.optim import ClipThenStep, LazyAdam, OptimizerChain
 
 
 class _BudgetExhausted(Exception):
@@ -323,10 +323,16 @@ class EfficientTrainerMixin:
         # Models may exempt biases/LayerNorm from weight decay (LRURec's AdamW recipe) or flag
         # a sparse group (ELASTIC's memory bank).
         if "params" in kwargs or not hasattr(self.model, "optimizer_groups"):
-            return super()._build_optimizer(**kwargs)
-        return build_optimizer(self.model, kwargs.get("learner", self.learner),
-                               kwargs.get("learning_rate", self.learning_rate),
-                               kwargs.get("weight_decay", self.weight_decay))
+            optimizer = super()._build_optimizer(**kwargs)
+        else:
+            optimizer = build_optimizer(self.model, kwargs.get("learner", self.learner),
+                                        kwargs.get("learning_rate", self.learning_rate),
+                                        kwargs.get("weight_decay", self.weight_decay))
+        if getattr(self, "enable_scaler", False) and self.clip_grad_norm:
+            # RecBole would clip the loss-scaled gradients; clip after the scaler unscales them.
+            optimizer = ClipThenStep(optimizer, self.model.parameters(), self.clip_grad_norm)
+            self.clip_grad_norm = None
+        return optimizer
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

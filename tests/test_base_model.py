@@ -231,3 +231,68 @@ def test_trainer_with_enable_amp_and_enable_scaler(tiny, name):
     result = run_recbole_efficient(name, TINY, read_cmd_line=False, saved=False,
                                    config_dict=cfg(epochs=2, enable_amp=True, enable_scaler=True))
     assert 0 <= result["test_result"]["ndcg@10"] <= 1  # RecBole stops on a NaN loss
+
+
+def _scaler_step_batch(config):
+    seq, lengths = padded_batch()
+    return Interaction({"item_id_list": seq, "item_length": lengths,
+                        target_list_field(config): (seq % 29) + 1, "item_id": seq[:, 0]})
+
+
+def test_clipping_under_a_loss_scaler_sees_the_unscaled_gradients(tiny):
+    """RecBole's loop (scale, backward, ``GradScaler.step``) with ``ClipThenStep`` updates the
+    weights as fp32 backward + clip + step; RecBole's own order clips the scaled gradients."""
+    import copy
+
+    from recbole_efficient.optim import ClipThenStep
+    from recbole_efficient.trainer import build_optimizer
+
+    config, model = make_model(tiny, name="LRURec", n_layers=2)
+    batch, clip = _scaler_step_batch(config), {"max_norm": 0.05}
+    start = copy.deepcopy(model.state_dict())
+
+    def trained(loop):
+        model.load_state_dict(start)
+        model.train()
+        torch.manual_seed(1)  # same dropout masks
+        loop(build_optimizer(model, "sgd", 0.5, 0.0))
+        return [p.detach().clone() for p in model.parameters()]
+
+    def fp32(opt):
+        model.calculate_loss(batch).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), **clip)
+        opt.step()
+
+    def scaled(opt, clip_first=False):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        scaler.scale(model.calculate_loss(batch)).backward()
+        if clip_first:  # RecBole's order
+            torch.nn.utils.clip_grad_norm_(model.parameters(), **clip)
+        else:
+            opt = ClipThenStep(opt, model.parameters(), clip)
+        scaler.step(opt)
+        scaler.update()
+
+    ref, ours = trained(fp32), trained(scaled)
+    recbole = trained(lambda opt: scaled(opt, clip_first=True))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    moved = [(b - s).abs().sum() for b, s in zip(ref, start.values())]
+    moved_recbole = [(r - s).abs().sum() for r, s in zip(recbole, start.values())]
+    assert sum(moved_recbole) < 1e-3 * sum(moved)  # the bug this guards against
+
+
+def test_trainer_clips_inside_the_step_only_when_a_scaler_is_on(tiny, monkeypatch):
+    from recbole_efficient import get_trainer
+    from recbole_efficient.optim import ClipThenStep
+
+    config, model = make_model(tiny, name="LRURec", enable_amp=True, enable_scaler=True)
+    trainer = get_trainer(config["MODEL_TYPE"], "LRURec")(config, model)
+    assert not trainer.enable_scaler  # RecBole's scaler needs CUDA
+    assert trainer.clip_grad_norm == {"max_norm": 5.0}
+    assert not isinstance(trainer.optimizer, ClipThenStep)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    trainer = get_trainer(config["MODEL_TYPE"], "LRURec")(config, model)
+    assert trainer.clip_grad_norm is None and isinstance(trainer.optimizer, ClipThenStep)
+    assert trainer.optimizer.clip_grad_norm == {"max_norm": 5.0}
+    assert trainer.optimizer.param_groups is trainer.optimizer.optimizer.param_groups
