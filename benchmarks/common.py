@@ -236,26 +236,43 @@ def recbole_all_positions_loss(model, batch, target_field):
                                 batch[target_field][mask])
 
 
-def train_step(model, optimizer, batch, clip_grad_norm=None, loss_fn=None):
+def _device_type(model):
+    return next(model.parameters()).device.type
+
+
+def train_step(model, optimizer, batch, clip_grad_norm=None, loss_fn=None, amp_dtype=None,
+               scaler=None):
     """One training step as RecBole's trainer runs it: forward, backward, optional gradient
     clipping (the ``clip_grad_norm`` config dict), optimiser step. ``loss_fn(model, batch)``
-    replaces ``model.calculate_loss``."""
+    replaces ``model.calculate_loss``. ``amp_dtype``: the forward under autocast
+    (``enable_amp``); ``scaler``: a ``torch.amp.GradScaler`` (``enable_scaler``), gradients
+    unscaled before clipping."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch) if loss_fn else model.calculate_loss(batch)
+    with torch.autocast(_device_type(model), dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = loss_fn(model, batch) if loss_fn else model.calculate_loss(batch)
     if isinstance(loss, tuple):  # some RecBole models return several losses
         loss = sum(loss)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), **clip_grad_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)  # gradients do not outlive the step
 
 
 @torch.no_grad()
-def inference_step(model, batch):
+def inference_step(model, batch, amp_dtype=None):
     model.eval()
-    return model.full_sort_predict(batch)
+    with torch.autocast(_device_type(model), dtype=amp_dtype, enabled=amp_dtype is not None):
+        return model.full_sort_predict(batch)
 
 
 # -- timing and memory ------------------------------------------------------------------

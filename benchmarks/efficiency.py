@@ -57,6 +57,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "efficiency"
 RECBOLE_BASELINES = ("SASRec", "LightSANs", "GRU4Rec")
 SETTINGS = ("tokens", "batch")
 KINDS = ("train", "inference")
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATUS_TEXT = {"too_slow": "too slow", "oom": "OOM", "error": "error", "skipped": "skipped"}
 _ISSUE_SIZES = {"lengths": [200, 1000, 2000], "n_items": 3417, "hidden_size": 64, "n_layers": 2,
                 "floors": True, "reference": "SASRec", "max_seconds_per_point": 0,
@@ -158,6 +159,9 @@ def build_parser():
                    help="skip a point (status too_slow) whose warmup+repeats would exceed this, "
                         "and the larger lengths of that model and setting; 0: no limit")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default="off",
+                   help="autocast dtype of the forward (RecBole's enable_amp; CUDA's default is "
+                        "fp16); training with fp16 also uses a GradScaler (enable_scaler)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (CPU device only), "
                         "steadier on a machine shared with other jobs")
@@ -285,9 +289,11 @@ class EfficiencyBenchmark:
                                                             if k != "k_interests"},
                                               "n_params": {}})
             self.model_info[name]["n_params"][seq_len] = info["n_params"]
+            scaler = (torch.amp.GradScaler(self.device.type) if self.args.amp == "fp16"
+                      else None)
             built[name] = {"model": model, "config": config, "info": info,
                            "optimizer": optimizer, "overrides": over,
-                           "clip": config["clip_grad_norm"]}
+                           "clip": config["clip_grad_norm"], "scaler": scaler}
         return built, errors
 
     def _run_length(self, seq_len):
@@ -342,11 +348,13 @@ class EfficiencyBenchmark:
             cfg, mode = b["config"], b["info"]["train_mode"]
             data = C.make_batch(cfg, batch, seq_len, args.n_items, mode, kind == "train",
                                 self.device, args.seed)
+            amp = AMP_DTYPES[args.amp]
             if kind == "train":
                 calls[name] = (lambda m=b["model"], o=b["optimizer"], d=data, c=b["clip"],
-                               f=b["info"]["loss_fn"]: C.train_step(m, o, d, c, f))
+                               f=b["info"]["loss_fn"], s=b["scaler"]:
+                               C.train_step(m, o, d, c, f, amp, s))
             else:
-                calls[name] = lambda m=b["model"], d=data: C.inference_step(m, d)
+                calls[name] = lambda m=b["model"], d=data: C.inference_step(m, d, amp)
             outcome[name] = {"status": "ok", "times": [], "elapsed": 0.0}
 
         active = list(todo)
@@ -586,7 +594,9 @@ def markdown_report(results):
         f"- date (UTC): {meta['date_utc']}; wall time of the run: {meta['wall_seconds']} s",
         f"- device: {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
         f"{env['cpu_count']} CPUs, torch {env['torch']} with {env['torch_threads']} threads; "
-        f"{env['platform']}",
+        f"{env['platform']}"
+        + (f"; autocast {args['amp']}" + (" with a GradScaler" if args["amp"] == "fp16" else "")
+           if args.get("amp", "off") != "off" else ""),
         f"- models built from their yaml defaults, n_items={args['n_items']}"
         + (f", hidden_size={args['hidden_size']}" if args["hidden_size"] else "")
         + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
