@@ -103,6 +103,38 @@ def test_running_state_equals_chunked_form_at_every_step():
     torch.testing.assert_close(out, full[rows, :, lengths - 1], atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_autocast_stays_finite_and_close(dtype):
+    assert_half_precision_autocast_stays_finite_and_close(dtype, "cpu")
+
+
+def assert_half_precision_autocast_stays_finite_and_close(dtype, device):
+    """Under autocast every form computes in float32: in float16 the pack weights of a
+    prefix summed below 1/65504 where expert logits are very negative, and pi / Z overflowed
+    (ELASTIC's loss went NaN after 15 epochs of CUDA AMP). Outputs keep the values' dtype."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 50, 32, generator=gen).to(device) for _ in range(3))
+    experts = 10 * torch.randn(2, 16, 32, generator=gen).to(device)
+    ek, ev = (torch.randn(2, 2, 50, 3, 32, generator=gen).to(device) for _ in range(2))
+    mask = (torch.arange(50)[None] < torch.tensor([50, 7])[:, None]).to(device)
+    state = causal_state(k, v, experts, mask)
+    refs = [dispatch_causal(q, k, v, experts, 32, ek, ev),
+            dispatch_noncausal(q, k, v, experts, mask, ek[:, :, :1], ev[:, :, :1]),
+            causal_readout(q[:, :, 0], state, ek[:, :, 0], ev[:, :, 0])]
+    half = [t.to(dtype) for t in (q, k, v, ek, ev)]
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        hq, hk, hv, hek, hev = half
+        hstate = causal_state(hk, hv, experts, mask)
+        outs = [dispatch_causal(hq, hk, hv, experts, 32, hek, hev),
+                dispatch_noncausal(hq, hk, hv, experts, mask, hek[:, :, :1], hev[:, :, :1]),
+                causal_readout(hq[:, :, 0], hstate, hek[:, :, 0], hev[:, :, 0])]
+        stepped = causal_state_update(hstate, hk[:, :, 0], hv[:, :, 0], experts)
+    assert all(t.dtype == torch.float32 for t in hstate + stepped)
+    for out, ref in zip(outs, refs):
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
 def test_causal_underflowing_pack_weights_give_no_nan():
     q, k, v, experts, _, _ = (t if t is None else t.detach() for t in inputs(9))
     # elu(x) + 1 = exp(x) underflows to 0 for x < -104: every weight of expert 0 is 0

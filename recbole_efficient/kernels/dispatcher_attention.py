@@ -35,6 +35,10 @@ Shapes: ``q [B, H, Nq, D]``, ``k, v [B, H, N, D]``, ``experts [H, E, D]``, ``mas
   explicit prefixes);
 * :func:`causal_state`, :func:`causal_state_update`, :func:`causal_readout`: the running
   state after a (masked) sequence, one more item, and the output of one query position.
+
+The fast forms compute in float32 or wider with autocast off and return the values' dtype:
+in float16 the pack weights of a prefix (``exp(x)`` for negative logits) sum to less than
+1/65504 and ``pi / Z`` overflows (ELASTIC trained into NaN under CUDA AMP).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import torch.nn.functional as F
 
 from recbole_efficient.kernels.chunking import balanced_chunks
 from recbole_efficient.kernels.dropout import dropout
+from recbole_efficient.kernels.precision import single_precision
 
 __all__ = ["causal_pack_weights", "dispatch_noncausal", "dispatch_noncausal_naive",
            "dispatch_causal", "dispatch_causal_naive", "causal_state", "causal_state_update",
@@ -80,17 +85,23 @@ def _floor(z):
 def dispatch_noncausal(q, k, v, experts, mask=None, extra_k=None, extra_v=None,
                        dropout_p=0.0, training=False):
     """Non-causal LDA; ``q`` may hold any query positions (e.g. only the last one)."""
-    scale = k.size(-1) ** -0.5
-    logits = experts @ k.transpose(-1, -2) * scale                      # [B, H, E, N]
-    if mask is not None:
-        # finfo.min, not -inf: a row without any real item gets uniform weights, not NaN
-        logits = logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min)
-    alpha = logits.softmax(-1)
-    packed_k, packed_v = alpha @ k, alpha @ v                            # [B, H, E, D]
-    pi, pi_extra = _unpack(q @ packed_k.transpose(-1, -2) * scale, q, extra_k, dropout_p,
-                           training)
-    out = pi @ packed_v
-    return out if extra_k is None else out + _extra_output(pi_extra, extra_v)
+    out_dtype = v.dtype
+    ctx, (q, k, v, experts, extra_k, extra_v) = single_precision(q, k, v, experts, extra_k,
+                                                                 extra_v)
+    with ctx:
+        scale = k.size(-1) ** -0.5
+        logits = experts @ k.transpose(-1, -2) * scale                      # [B, H, E, N]
+        if mask is not None:
+            # finfo.min, not -inf: a row without any real item gets uniform weights, not NaN
+            logits = logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min)
+        alpha = logits.softmax(-1)
+        packed_k, packed_v = alpha @ k, alpha @ v                            # [B, H, E, D]
+        pi, pi_extra = _unpack(q @ packed_k.transpose(-1, -2) * scale, q, extra_k, dropout_p,
+                               training)
+        out = pi @ packed_v
+        if extra_k is not None:
+            out = out + _extra_output(pi_extra, extra_v)
+    return out.to(out_dtype)
 
 
 def dispatch_noncausal_naive(q, k, v, experts, mask=None, extra_k=None, extra_v=None):
@@ -136,35 +147,40 @@ def dispatch_causal(q, k, v, experts, chunk_size=32, extra_k=None, extra_v=None,
     plus O(N D E / C) for the chunk states. Output at t depends on positions <= t only;
     right padding never reaches a real position.
     """
-    batch, heads, length, dim = q.shape
-    n_experts = experts.size(1)
-    scale = dim ** -0.5
-    chunk, n_chunks = balanced_chunks(length, chunk_size)
-    padded = chunk * n_chunks
-    # One contiguous copy each (padded at the end: positions after the last one change no
-    # earlier output), instead of one per matmul that reads the head-split views.
-    q, k, v = (F.pad(t, (0, 0, 0, padded - length)) if padded > length else t.contiguous()
-               for t in (q, k, v))
-    a = causal_pack_weights(k, experts)                                   # [B, H, N', E]
-    rz = _floor(a.cumsum(2)).reciprocal()                                 # 1 / Z
-    qc, kc, vc, ac = (t.view(batch, heads, n_chunks, chunk, -1) for t in (q, k, v, a))
-    rz = rz.view(batch, heads, n_chunks, chunk, n_experts)
-    sum_k = _exclusive_cumsum(kc.transpose(-1, -2) @ ac, 2)               # [B, H, n, D, E]
-    sum_v = _exclusive_cumsum(ac.transpose(-1, -2) @ vc, 2)               # [B, H, n, E, D]
-    future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    local = (qc @ kc.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
-    scores = (local @ ac).add_(qc @ sum_k) * (rz * scale)
-    if extra_k is not None:
-        extra = (q[:, :, :length].unsqueeze(-2) * extra_k).sum(-1) * scale   # [B, H, N, m]
-        extra = F.pad(extra.expand(batch, heads, length, -1), (0, 0, 0, padded - length))
-        scores = torch.cat([scores, extra.view(batch, heads, n_chunks, chunk, -1)], -1)
-    probs = dropout(scores.softmax(-1), dropout_p, training)
-    w = probs[..., :n_experts] * rz
-    mixing = (w @ ac.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
-    out = (mixing @ vc).add_(w @ sum_v).flatten(2, 3)[:, :, :length]
-    if extra_k is None:
-        return out
-    return out + _extra_output(probs[..., n_experts:].flatten(2, 3)[:, :, :length], extra_v)
+    out_dtype = v.dtype
+    ctx, (q, k, v, experts, extra_k, extra_v) = single_precision(q, k, v, experts, extra_k,
+                                                                 extra_v)
+    with ctx:
+        batch, heads, length, dim = q.shape
+        n_experts = experts.size(1)
+        scale = dim ** -0.5
+        chunk, n_chunks = balanced_chunks(length, chunk_size)
+        padded = chunk * n_chunks
+        # One contiguous copy each (padded at the end: positions after the last one change no
+        # earlier output), instead of one per matmul that reads the head-split views.
+        q, k, v = (F.pad(t, (0, 0, 0, padded - length)) if padded > length else t.contiguous()
+                   for t in (q, k, v))
+        a = causal_pack_weights(k, experts)                                   # [B, H, N', E]
+        rz = _floor(a.cumsum(2)).reciprocal()                                 # 1 / Z
+        qc, kc, vc, ac = (t.view(batch, heads, n_chunks, chunk, -1) for t in (q, k, v, a))
+        rz = rz.view(batch, heads, n_chunks, chunk, n_experts)
+        sum_k = _exclusive_cumsum(kc.transpose(-1, -2) @ ac, 2)               # [B, H, n, D, E]
+        sum_v = _exclusive_cumsum(ac.transpose(-1, -2) @ vc, 2)               # [B, H, n, E, D]
+        future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+        local = (qc @ kc.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
+        scores = (local @ ac).add_(qc @ sum_k) * (rz * scale)
+        if extra_k is not None:
+            extra = (q[:, :, :length].unsqueeze(-2) * extra_k).sum(-1) * scale   # [B, H, N, m]
+            extra = F.pad(extra.expand(batch, heads, length, -1), (0, 0, 0, padded - length))
+            scores = torch.cat([scores, extra.view(batch, heads, n_chunks, chunk, -1)], -1)
+        probs = dropout(scores.softmax(-1), dropout_p, training)
+        w = probs[..., :n_experts] * rz
+        mixing = (w @ ac.transpose(-1, -2)).masked_fill_(future, 0)           # [B, H, n, C, C]
+        out = (mixing @ vc).add_(w @ sum_v).flatten(2, 3)[:, :, :length]
+        if extra_k is not None:
+            out = out + _extra_output(probs[..., n_experts:].flatten(2, 3)[:, :, :length],
+                                      extra_v)
+    return out.to(out_dtype)
 
 
 def dispatch_causal_naive(q, k, v, experts, extra_k=None, extra_v=None):
@@ -193,27 +209,37 @@ def dispatch_causal_naive(q, k, v, experts, extra_k=None, extra_v=None):
 
 def causal_state(k, v, experts, mask=None):
     """Running state ``(sum k a^T [B, H, D, E], sum a^T v [B, H, E, D], Z [B, H, E])`` after
-    the positions where ``mask [B, N]`` is True (all positions without a mask)."""
-    a = causal_pack_weights(k, experts)
-    if mask is not None:
-        a = a * mask[:, None, :, None]
-    return k.transpose(-1, -2) @ a, a.transpose(-1, -2) @ v, a.sum(-2)
+    the positions where ``mask [B, N]`` is True (all positions without a mask), in float32
+    or wider."""
+    ctx, (k, v, experts) = single_precision(k, v, experts)
+    with ctx:
+        a = causal_pack_weights(k, experts)
+        if mask is not None:
+            a = a * mask[:, None, :, None]
+        return k.transpose(-1, -2) @ a, a.transpose(-1, -2) @ v, a.sum(-2)
 
 
 def causal_state_update(state, k, v, experts):
     """The state after one more item: ``k, v [B, H, D]``."""
-    sum_k, sum_v, z = state
-    a = causal_pack_weights(k.unsqueeze(-2), experts).squeeze(-2)        # [B, H, E]
-    return (sum_k + k.unsqueeze(-1) * a.unsqueeze(-2), sum_v + a.unsqueeze(-1) * v.unsqueeze(-2),
-            z + a)
+    ctx, (k, v, experts) = single_precision(k, v, experts)
+    with ctx:
+        sum_k, sum_v, z = state
+        a = causal_pack_weights(k.unsqueeze(-2), experts).squeeze(-2)        # [B, H, E]
+        return (sum_k + k.unsqueeze(-1) * a.unsqueeze(-2),
+                sum_v + a.unsqueeze(-1) * v.unsqueeze(-2), z + a)
 
 
 def causal_readout(q, state, extra_k=None, extra_v=None, dropout_p=0.0, training=False):
     """Output of one query position per row, ``q [B, H, D]``, given the state of its prefix;
     extras ``[B, H, m, D]``."""
-    sum_k, sum_v, z = state
-    z = _floor(z)
-    scores = (q.unsqueeze(-2) @ sum_k).squeeze(-2) / z * q.size(-1) ** -0.5
-    pi, pi_extra = _unpack(scores, q, extra_k, dropout_p, training)
-    out = ((pi / z).unsqueeze(-2) @ sum_v).squeeze(-2)
-    return out if extra_k is None else out + _extra_output(pi_extra, extra_v)
+    out_dtype = q.dtype
+    ctx, (q, extra_k, extra_v) = single_precision(q, extra_k, extra_v)
+    with ctx:
+        sum_k, sum_v, z = state
+        z = _floor(z)
+        scores = (q.unsqueeze(-2) @ sum_k).squeeze(-2) / z * q.size(-1) ** -0.5
+        pi, pi_extra = _unpack(scores, q, extra_k, dropout_p, training)
+        out = ((pi / z).unsqueeze(-2) @ sum_v).squeeze(-2)
+        if extra_k is not None:
+            out = out + _extra_output(pi_extra, extra_v)
+    return out.to(out_dtype)

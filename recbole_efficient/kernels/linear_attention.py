@@ -30,13 +30,13 @@ terms; ``eps`` must not underflow), and returned in ``v``'s dtype.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 from recbole_efficient.kernels.chunking import balanced_chunks
+from recbole_efficient.kernels.precision import single_precision
 
 __all__ = ["K_NORM_AXES", "EPS", "l2_elu", "kv_state", "linear_attention",
            "linear_attention_naive", "causal_linear_attention", "causal_linear_attention_naive",
@@ -45,17 +45,6 @@ __all__ = ["K_NORM_AXES", "EPS", "l2_elu", "kv_state", "linear_attention",
 K_NORM_AXES = ("features", "sequence")
 #: Smallest norm divided by: a zero row stays zero (no NaN), in any input dtype.
 EPS = 1e-6
-
-
-def _compute(*tensors):
-    """Tensors in at least float32, and an autocast-free context for the math."""
-    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    device = tensors[0].device.type
-    # Entering autocast and no-op conversions cost microseconds each: skip them where they
-    # change nothing (streaming steps in float32).
-    ctx = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) \
-        else contextlib.nullcontext()
-    return ctx, [t if t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 def _check_axis(k_norm_axis):
@@ -84,7 +73,7 @@ def _keys(k, mask, k_norm_axis, eps):
 
 def kv_state(k, v, mask=None, k_norm_axis="features", eps=EPS):
     """``sum_j k^_j^T v_j`` over the positions in ``mask``: ``[..., d_h, d_h]`` (float32+)."""
-    ctx, (k, v) = _compute(k, v)
+    ctx, (k, v) = single_precision(k, v)
     with ctx:
         return _keys(k, mask, k_norm_axis, eps).transpose(-1, -2) @ v
 
@@ -97,7 +86,7 @@ def linear_attention(q, k, v, mask=None, k_norm_axis="features", eps=EPS):
     meaningless). Returns ``[..., L, d_h]``.
     """
     out_dtype = v.dtype
-    ctx, (q, k, v) = _compute(q, k, v)
+    ctx, (q, k, v) = single_precision(q, k, v)
     with ctx:
         state = _keys(k, mask, k_norm_axis, eps).transpose(-1, -2) @ v
         out = l2_elu(q, eps=eps, scale=q.size(-1) ** -0.5) @ state
@@ -108,7 +97,7 @@ def linear_attention_naive(q, k, v, mask=None, k_norm_axis="features", eps=EPS):
     """Reference for :func:`linear_attention`: the ``L x L`` score matrix, written out."""
     _check_axis(k_norm_axis)
     out_dtype = v.dtype
-    ctx, (q, k, v) = _compute(q, k, v)
+    ctx, (q, k, v) = single_precision(q, k, v)
     with ctx:
         real = torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device) if mask is None \
             else mask.to(q.dtype).expand(q.shape[:-1])
@@ -136,7 +125,7 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out_dtype = v.dtype
-    ctx, (q, k, v) = _compute(q, k, v)
+    ctx, (q, k, v) = single_precision(q, k, v)
     with ctx:
         *batch, length, d = q.shape
         size, n_chunks = balanced_chunks(length, chunk_size)
@@ -157,7 +146,7 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
 def causal_linear_attention_naive(q, k, v, eps=EPS):
     """Reference for :func:`causal_linear_attention`: a loop over t of the explicit sum."""
     out_dtype = v.dtype
-    ctx, (q, k, v) = _compute(q, k, v)
+    ctx, (q, k, v) = single_precision(q, k, v)
     with ctx:
         eq, ek = F.elu(q), F.elu(k)
         q_hat = eq / eq.pow(2).sum(-1, keepdim=True).sqrt().clamp_min(eps)
@@ -177,7 +166,7 @@ def _query_state(q, state, eps):
 def state_attention(q, state, eps=EPS):
     """``phi(q) state / sqrt(d_h)`` for one query per state: ``q [..., d_h]``,
     ``state [..., d_h, d_h]`` (from :func:`kv_state`) -> ``[..., d_h]`` in ``state``'s dtype."""
-    ctx, (q, state) = _compute(q, state)
+    ctx, (q, state) = single_precision(q, state)
     with ctx:
         return _query_state(q, state, eps)
 
@@ -193,7 +182,7 @@ def linear_attention_step(q_t, k_t, v_t, state, eps=EPS):
             and not torch.is_autocast_enabled(q_t.device.type):
         return _step(q_t, k_t, v_t, state, eps)
     out_dtype = v_t.dtype
-    ctx, (q_t, k_t, v_t, state) = _compute(q_t, k_t, v_t, state)
+    ctx, (q_t, k_t, v_t, state) = single_precision(q_t, k_t, v_t, state)
     with ctx:
         out, state = _step(q_t, k_t, v_t, state, eps)
         return out.to(out_dtype), state
