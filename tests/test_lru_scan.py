@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from recbole_efficient.kernels import lru_scan as lru_scan_module
 from recbole_efficient.kernels.lru_scan import lamb_powers, lru_scan, lru_scan_naive, lru_step
 
 B, H = 3, 16
@@ -38,10 +39,14 @@ def test_fast_matches_naive_complex64(length):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["loops", "matrix"])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("length", LENGTHS)
-def test_fast_matches_naive_values_and_gradients(length, with_h0):
-    """In complex128, so that a mistake in the hand-written backward shows above rounding."""
+def test_fast_matches_naive_values_and_gradients(length, with_h0, form, monkeypatch):
+    """In complex128, so that a mistake in the hand-written backward shows above rounding.
+    ``matrix``: the form CUDA runs (chunks as matrix products), forced here on the CPU."""
+    if form == "matrix":
+        monkeypatch.setattr(lru_scan_module, "_scan", lru_scan_module._matrix_scan)
     lamb, u, h0 = _inputs(length, torch.complex128, seed=20 + length, batch=2, hidden=5)
     weights = torch.randn(2, length, 5, dtype=torch.complex128,
                           generator=torch.Generator().manual_seed(length))

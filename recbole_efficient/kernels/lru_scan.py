@@ -4,7 +4,7 @@ Three forms of the same recurrence:
 
 * :func:`lru_scan_naive` -- a Python loop over time; the reference.
 * :func:`lru_scan` -- a chunked scan with a hand-written backward, for training and
-  full-sequence inference.
+  full-sequence inference (on CUDA the chunks are matrix products, on the CPU short loops).
 * :func:`lru_step` -- one step, for O(1)-per-item incremental inference.
 
 Shapes: ``lamb`` is ``[H]`` (complex, ``|lamb| < 1``), ``u`` is ``[B, L, H]``
@@ -36,10 +36,14 @@ def lamb_powers(lamb: torch.Tensor, n: int) -> torch.Tensor:
     Large ``k`` with small ``|lamb|`` underflows cleanly to 0.
     ``lamb`` must be non-zero (``log(0)`` makes the gradient NaN).
     """
-    log_lamb = torch.log(lamb.to(torch.complex128))
-    k = torch.arange(1, n + 1, dtype=torch.float64, device=lamb.device)
-    k = k.reshape(n, *([1] * lamb.dim()))
-    return torch.exp(k * log_lamb).to(lamb.dtype)
+    return _powers(lamb, torch.arange(1, n + 1, dtype=torch.float64, device=lamb.device))
+
+
+def _powers(lamb, exponents):
+    """``lamb ** exponents`` (float64 exponents ``[n]``) -> ``[n, *lamb.shape]``, as
+    :func:`lamb_powers` computes them."""
+    k = exponents.reshape(-1, *([1] * lamb.dim()))
+    return torch.exp(k * torch.log(lamb.to(torch.complex128))).to(lamb.dtype)
 
 
 def lru_scan_naive(lamb: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,12 +112,50 @@ def _chunked_scan(lamb, u, h0=None, reverse=False):
     return out
 
 
+def _matrix_scan(lamb, u, h0=None, reverse=False):
+    """The same recurrence as :func:`_chunked_scan` in a few large matrix products, for GPUs
+    (where each of the chunked scan's ~2 sqrt(L) small steps is a kernel launch).
+
+    Chunks of ``C ~ sqrt(L)`` steps: every chunk's scan from a zero state is one product with
+    the ``[C, C]`` Toeplitz matrix ``lamb^(i-j)`` (i >= j), the states entering the chunks are
+    one product of the chunks' end states with the ``[n, n]`` matrix ``lamb^(C(k-1-m))``
+    (m < k), and each chunk adds ``lamb^(i+1) * carry``. O(L sqrt(L) H) arithmetic and
+    O(L H) memory per row; the end of the sequence is zero-padded to whole chunks.
+    """
+    if reverse:
+        return _matrix_scan(lamb, u.flip(1), h0).flip(1)
+    batch, length, hidden = u.shape
+    chunk = max(1, math.isqrt(length))
+    n_chunks = -(-length // chunk)
+    if n_chunks * chunk > length:
+        u = torch.cat([u, u.new_zeros(batch, n_chunks * chunk - length, hidden)], 1)
+    u = u.view(batch, n_chunks, chunk, hidden)
+    exponents = torch.arange(n_chunks * chunk + 1, dtype=torch.float64, device=u.device)
+    pw = _powers(lamb, exponents)                     # [nC + 1, H]: lamb^0 ... lamb^(nC)
+    steps = torch.arange(chunk, device=u.device)
+    diff = steps[:, None] - steps[None]               # i - j
+    toeplitz = pw[diff.clamp_min(0)] * (diff >= 0)[..., None]                  # [C, C, H]
+    local = torch.einsum("ijh,bnjh->bnih", toeplitz, u)
+    blocks = torch.arange(n_chunks, device=u.device)
+    gap = blocks[:, None] - 1 - blocks[None]          # k - 1 - m
+    across = pw[(chunk * gap).clamp_min(0)] * (gap >= 0)[..., None]            # [n, n, H]
+    carry = torch.einsum("kmh,bmh->bkh", across, local[:, :, -1])
+    if h0 is not None:
+        carry = carry + pw[chunk * blocks] * h0[:, None]                       # lamb^(Ck) h0
+    out = local + pw[1:chunk + 1] * carry[:, :, None]                          # lamb^(i+1)
+    return out.view(batch, n_chunks * chunk, hidden)[:, :length]
+
+
+def _scan(lamb, u, h0=None, reverse=False):
+    return (_matrix_scan if u.is_cuda else _chunked_scan)(lamb, u, h0, reverse)
+
+
 class _LRUScan(torch.autograd.Function):
     """Chunked scan; backward is the adjoint recurrence run in reverse with conj(lamb)."""
 
     @staticmethod
     def forward(ctx, lamb, u, h0):
-        h = _chunked_scan(lamb, u, h0)
+        h = _scan(lamb, u, h0)
         ctx.save_for_backward(lamb, h, h0)
         return h
 
@@ -122,7 +164,7 @@ class _LRUScan(torch.autograd.Function):
     def backward(ctx, grad_h):
         lamb, h, h0 = ctx.saved_tensors
         # g_t = dL/dh_t + conj(lamb) * g_{t+1}: the gradient of every u_t.
-        g = _chunked_scan(lamb.conj(), grad_h.contiguous(), reverse=True)
+        g = _scan(lamb.conj(), grad_h.contiguous(), reverse=True)
         grad_lamb = grad_h0 = None
         if ctx.needs_input_grad[0]:
             # dL/dlamb = sum_t g_t * conj(h_{t-1}), h_{-1} = h0.
@@ -135,7 +177,8 @@ class _LRUScan(torch.autograd.Function):
 
 
 def lru_scan(lamb: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunked scan (see :func:`_chunked_scan`) with a hand-written backward.
+    """Chunked scan (:func:`_chunked_scan`; on CUDA :func:`_matrix_scan`) with a hand-written
+    backward.
 
     Equal to :func:`lru_scan_naive` up to rounding, values and gradients (first order).
     """
