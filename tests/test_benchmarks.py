@@ -114,6 +114,42 @@ def test_efficiency_end_to_end_writes_outputs(tmp_path, monkeypatch):
     _assert_tables_well_formed(md)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_efficiency_with_autocast_and_a_scaler(tmp_path, monkeypatch, amp):
+    """``--amp``: steps under autocast (fp16 with a GradScaler, ELASTIC's sparse memory
+    gradients and LRURec's clipping included) run and change the weights."""
+    monkeypatch.chdir(tmp_path)
+    steps = []
+    original = efficiency.C.train_step
+
+    def spy(model, optimizer, batch, clip, loss_fn, amp_dtype, scaler):
+        before = [p.detach().clone() for p in model.parameters()]
+        original(model, optimizer, batch, clip, loss_fn, amp_dtype, scaler)
+        steps.append((model.__class__.__name__, amp_dtype, scaler is not None,
+                      any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))))
+
+    monkeypatch.setattr(efficiency.C, "train_step", spy)
+    results = efficiency.main([
+        "--models", "LRURec", "ELASTIC", "--lengths", "16", "--hidden_size", "8", "--n_items",
+        "50", "--settings", "batch", "--batch_size", "2", "--repeats", "1", "--warmup", "0",
+        "--cpu_memory", "none", "--amp", amp, "--set", "memory_size=64", "--out",
+        str(tmp_path / "eff")])
+    assert all(p["status"] == "ok" for p in results["points"]), results["points"]
+    dtype = efficiency.AMP_DTYPES[amp]
+    assert {s[0] for s in steps} == {"LRURec", "ELASTIC"}
+    assert all(s[1] == dtype and s[2] == (amp == "fp16") and s[3] for s in steps), steps
+    assert f"autocast {amp}" in (tmp_path / "eff" / "efficiency.md").read_text()
+
+
+def test_gpu_paths_needs_cuda(monkeypatch, capsys):
+    from benchmarks import gpu_paths
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_paths.main([])
+    assert exit_info.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
+
+
 def _assert_tables_well_formed(md):
     """Every markdown table row has as many cells as its header."""
     tables, current = [], []
