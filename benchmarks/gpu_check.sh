@@ -15,6 +15,11 @@ set -u
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-python}
 LENGTHS=${LENGTHS:-"200 1000 2000 4000 8000"}
+if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "gpu_check.sh: $PY sees no CUDA device (torch.cuda.is_available() is False); run it on a" \
+         "GPU machine, with PYTHON=<its python> if needed" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
 
 step() {  # step NAME SECONDS COMMAND...: output to the terminal and OUT/NAME.log

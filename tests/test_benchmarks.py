@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def test_gpu_paths_needs_cuda(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_paths.main([])
     assert exit_info.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    out = subprocess.run(["bash", str(script), str(tmp_path / "gpu")], capture_output=True,
+                         text=True, timeout=120, cwd=script.parents[1],
+                         env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 2 and "sees no CUDA device" in out.stderr
+    assert not (tmp_path / "gpu").exists()
 
 
 def _assert_tables_well_formed(md):
