@@ -90,8 +90,11 @@ class ClipThenStep:
     """An optimiser whose ``step`` first clips the gradient norm of ``params``.
 
     RecBole's trainer clips before ``GradScaler.step``, i.e. the loss-scaled gradients
-    (x65,536 at first), which under ``enable_scaler`` shrinks every update by the scale. A
-    scaler unscales the gradients before calling ``step``, so clipping here sees true norms.
+    (x65,536 at first): under ``enable_scaler`` every step's gradient is clipped to
+    ``max_norm`` / scale, which with SGD shrinks every update by the scale and with Adam(W)
+    turns clipping into normalising every gradient to one norm. A scaler unscales the
+    gradients before calling ``step``, so clipping here sees the true norms. Other attributes
+    are the wrapped optimiser's.
     """
 
     def __init__(self, optimizer, params, clip_grad_norm):
@@ -124,3 +127,8 @@ class ClipThenStep:
 
     def load_state_dict(self, state_dict):
         self.optimizer.load_state_dict(state_dict)
+
+    def __getattr__(self, name):  # defaults, add_param_group, ...
+        if name == "optimizer":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)

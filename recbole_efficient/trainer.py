@@ -328,10 +328,12 @@ class EfficientTrainerMixin:
             optimizer = build_optimizer(self.model, kwargs.get("learner", self.learner),
                                         kwargs.get("learning_rate", self.learning_rate),
                                         kwargs.get("weight_decay", self.weight_decay))
-        if getattr(self, "enable_scaler", False) and self.clip_grad_norm:
-            # RecBole would clip the loss-scaled gradients; clip after the scaler unscales them.
-            optimizer = ClipThenStep(optimizer, self.model.parameters(), self.clip_grad_norm)
-            self.clip_grad_norm = None
+        # RecBole would clip the loss-scaled gradients; clip after the scaler unscales them,
+        # in every optimiser built while the scaler is on (RecVAE's trainer builds three).
+        clip = getattr(self, "_clip_in_step", None) or self.clip_grad_norm
+        if getattr(self, "enable_scaler", False) and clip:
+            self._clip_in_step, self.clip_grad_norm = clip, None
+            optimizer = ClipThenStep(optimizer, self.model.parameters(), clip)
         return optimizer
 
     def _full_sort_batch_eval(self, batched_data):

@@ -296,3 +296,7 @@ def test_trainer_clips_inside_the_step_only_when_a_scaler_is_on(tiny, monkeypatc
     assert trainer.clip_grad_norm is None and isinstance(trainer.optimizer, ClipThenStep)
     assert trainer.optimizer.clip_grad_norm == {"max_norm": 5.0}
     assert trainer.optimizer.param_groups is trainer.optimizer.optimizer.param_groups
+    assert trainer.optimizer.defaults is trainer.optimizer.optimizer.defaults
+    # a trainer that builds more optimisers (RecBole's RecVAE) gets the clipping in each
+    more = trainer._build_optimizer(params=list(model.parameters())[:2])
+    assert isinstance(more, ClipThenStep) and more.clip_grad_norm == {"max_norm": 5.0}

@@ -120,7 +120,8 @@ def _matrix_scan(lamb, u, h0=None, reverse=False):
     the ``[C, C]`` Toeplitz matrix ``lamb^(i-j)`` (i >= j), the states entering the chunks are
     one product of the chunks' end states with the ``[n, n]`` matrix ``lamb^(C(k-1-m))``
     (m < k), and each chunk adds ``lamb^(i+1) * carry``. O(L sqrt(L) H) arithmetic and
-    O(L H) memory per row; the end of the sequence is zero-padded to whole chunks.
+    O(L H) memory per row; the end of the sequence is zero-padded to whole chunks. The
+    products are complex GEMMs: they follow torch's TF32 setting for matmuls (off by default).
     """
     if reverse:
         return _matrix_scan(lamb, u.flip(1), h0).flip(1)
@@ -132,6 +133,7 @@ def _matrix_scan(lamb, u, h0=None, reverse=False):
     u = u.view(batch, n_chunks, chunk, hidden)
     exponents = torch.arange(n_chunks * chunk + 1, dtype=torch.float64, device=u.device)
     pw = _powers(lamb, exponents)                     # [nC + 1, H]: lamb^0 ... lamb^(nC)
+    pw[0] = 1  # exp(0 * log 0) would be NaN
     steps = torch.arange(chunk, device=u.device)
     diff = steps[:, None] - steps[None]               # i - j
     toeplitz = pw[diff.clamp_min(0)] * (diff >= 0)[..., None]                  # [C, C, H]
