@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, on a machine with one CUDA GPU (about 3 minutes on an H200):
 #
-#     bash benchmarks/gpu_check.sh [OUT_DIR]        # default: benchmarks/results/gpu
+#     uv run bash benchmarks/gpu_check.sh [OUT_DIR]     # default: benchmarks/results/gpu
 #
 # 1. tests/test_cuda.py: kernels equal their naive references on CUDA, models give the CPU's
 #    outputs and stream as they encode, fp16/bf16 autocast stays finite, and every model
@@ -15,6 +15,11 @@ set -u
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-python}
 LENGTHS=${LENGTHS:-"200 1000 2000 4000 8000"}
+if ! $PY -c "import torch" 2>/dev/null; then
+    echo "gpu_check.sh: $PY cannot import torch; run it as 'uv run bash benchmarks/gpu_check.sh'" \
+         "or with PYTHON=<the python of your environment>" >&2
+    exit 2
+fi
 if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "gpu_check.sh: $PY sees no CUDA device (torch.cuda.is_available() is False); run it on a" \
          "GPU machine, with PYTHON=<its python> if needed" >&2

@@ -151,14 +151,16 @@ def test_gpu_paths_needs_cuda(monkeypatch, capsys):
     assert exit_info.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
 
 
-def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
+@pytest.mark.parametrize("python,message", [(sys.executable, "sees no CUDA device"),
+                                            (sys.executable + " -S", "cannot import torch")])
+def test_gpu_check_refuses_a_machine_without_cuda(tmp_path, python, message):
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
     out = subprocess.run(["bash", str(script), str(tmp_path / "gpu")], capture_output=True,
                          text=True, timeout=120, cwd=script.parents[1],
-                         env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
-    assert out.returncode == 2 and "sees no CUDA device" in out.stderr
+                         env={**os.environ, "PYTHON": python, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "gpu").exists()
 
 
