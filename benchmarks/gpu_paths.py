@@ -31,20 +31,19 @@ import recbole_efficient  # noqa: E402,F401  (NumPy 2 aliases for RecBole)
 from benchmarks import common as C  # noqa: E402
 from recbole_efficient.kernels import cross_entropy, lru_scan  # noqa: E402
 
-CUDA_FORMS = (lru_scan._matrix_scan, cross_entropy._row_blocks)
+DEFAULTS = (lru_scan._scan, cross_entropy._row_blocks)
 
 
 def _cpu_rows(logits):
     return max(1, cross_entropy._BLOCK_ELEMENTS // max(1, logits.size(1)))
 
 
-FORMS = {"cpu forms": (lru_scan._chunked_scan, _cpu_rows), "cuda forms": CUDA_FORMS}
+FORMS = {"cpu forms": (lru_scan._chunked_scan, _cpu_rows),
+         "cuda forms": (lru_scan._matrix_scan, cross_entropy._row_blocks)}
 
 
 def use(form):
-    scan, rows = FORMS[form]
-    lru_scan._scan = lambda lamb, u, h0=None, reverse=False: scan(lamb, u, h0, reverse)
-    cross_entropy._row_blocks = rows
+    lru_scan._scan, cross_entropy._row_blocks = FORMS[form]
 
 
 def median_ms(fn, repeats):
@@ -103,10 +102,8 @@ def main(argv=None):
                 print(f"| {length} | {what} | {t['cpu forms']:.2f} | {t['cuda forms']:.2f} | "
                       f"{t['cpu forms'] / t['cuda forms']:.2f} |", flush=True)
     finally:
-        lru_scan._scan, cross_entropy._row_blocks = _default_scan, CUDA_FORMS[1]
+        lru_scan._scan, cross_entropy._row_blocks = DEFAULTS
 
-
-_default_scan = lru_scan._scan
 
 if __name__ == "__main__":
     main()

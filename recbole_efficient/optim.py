@@ -102,17 +102,6 @@ class ClipThenStep:
         self.params = [p for p in params if p.requires_grad]
         self.clip_grad_norm = dict(clip_grad_norm)
 
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    def zero_grad(self, set_to_none=True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
     def step(self, closure=None):
         loss = None
         if closure is not None:
@@ -122,13 +111,7 @@ class ClipThenStep:
         self.optimizer.step()
         return loss
 
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        self.optimizer.load_state_dict(state_dict)
-
-    def __getattr__(self, name):  # defaults, add_param_group, ...
+    def __getattr__(self, name):  # param_groups, zero_grad, state_dict, ...
         if name == "optimizer":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.optimizer, name)
