@@ -170,6 +170,10 @@ def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=Non
                 raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
                                  f"{given}: drop --{key} when resuming, or give another checkpoint.")
         inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
+        final = saved.get("final") or {}
+        # keys the model gained after this checkpoint was saved: the value it was trained with
+        defaults = getattr(get_model(saved["model"]), "checkpoint_defaults", {})
+        inputs.update({k: v for k, v in defaults.items() if k not in final and k not in inputs})
         inputs.update(config_dict or {})
         return Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
                       config_file_list=config_file_list, read_cmd_line=read_cmd_line)

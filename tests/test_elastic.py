@@ -42,9 +42,13 @@ right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
 FORMS = [pytest.param(True, id="causal"), pytest.param(False, id="noncausal")]
 
 
+STRIDES = [pytest.param(1, id="stride1"), pytest.param(3, id="stride3")]
+
+
 # -- causality, padding, the last-position path ---------------------------------------------
-def test_causal_output_including_retrieval_unchanged_by_later_items():
-    model = make_model()
+@pytest.mark.parametrize("stride", STRIDES)
+def test_causal_output_including_retrieval_unchanged_by_later_items(stride):
+    model = make_model(memory_stride=stride)
     seq, lengths = right_padded([20, 20], 20)
     changed = seq.clone()
     changed[:, 11:] = (seq[:, 11:] % (N_ITEMS - 1)) + 1
@@ -56,17 +60,18 @@ def test_causal_output_including_retrieval_unchanged_by_later_items():
     x2, _ = model._inputs(changed, lengths)
     interests = model._interests(x, lengths, mask, every_position=True)
     interests2 = model._interests(x2, lengths, mask, every_position=True)
-    torch.testing.assert_close(interests2[:, :11], interests[:, :11], atol=0, rtol=0)
+    anchors = 10 // stride + 1  # the anchors at positions <= 10
+    torch.testing.assert_close(interests2[:, :anchors], interests[:, :anchors], atol=0, rtol=0)
     # the whole-sequence form does see the future: the check above can fail
     noncausal = make_model(lda_causal=False)
     assert not torch.allclose(noncausal.encode(seq, lengths)[:, :11],
                               noncausal.encode(changed, lengths)[:, :11])
 
 
-@pytest.mark.parametrize("causal", FORMS)
-@pytest.mark.parametrize("use_imr", [True, False])
-def test_padding_changes_nothing_and_last_position_path_is_exact(causal, use_imr):
-    model = make_model(lda_causal=causal, use_imr=use_imr)
+@pytest.mark.parametrize("causal,use_imr,stride", [
+    (True, True, 1), (True, True, 3), (True, False, 1), (False, True, 3), (False, False, 1)])
+def test_padding_changes_nothing_and_last_position_path_is_exact(causal, use_imr, stride):
+    model = make_model(lda_causal=causal, use_imr=use_imr, memory_stride=stride)
     seq, lengths = right_padded([9, 1, 4], 9)
     padded = F.pad(seq, (0, 11))  # 20 wide: zeros appended
     out = model.encode(padded, lengths)
@@ -110,23 +115,53 @@ def test_dropping_the_mixer_leaves_a_position_wise_model():
     torch.testing.assert_close(model.encode_last(seq, lengths), model.encode(seq, lengths)[:, 7])
 
 
+def test_memory_stride_retrieves_at_anchors_and_each_retrieval_serves_its_positions():
+    """Stride s: the interests at anchor j are stride 1's at position j * s, and positions
+    j * s .. j * s + s - 1 read them (so a change of the item at a non-anchor position moves
+    no retrieval, and the outputs differ from stride 1's between anchors only)."""
+    every, strided = make_model(memory_stride=1), make_model(memory_stride=3)
+    seq, lengths = right_padded([20, 14], 20)
+    x, mask = every._inputs(seq, lengths)
+    per_position = every._interests(x, lengths, mask, every_position=True)
+    at_anchors = strided._interests(x, lengths, mask, every_position=True)
+    assert at_anchors.shape[1] == 7  # positions 0, 3, ..., 18
+    real = mask[:, ::3]
+    torch.testing.assert_close(at_anchors[real], per_position[:, ::3][real])
+    assert (at_anchors[~real] == 0).all()
+    changed = seq.clone()
+    changed[:, 4] = (seq[:, 4] % (N_ITEMS - 1)) + 1  # position 4: not an anchor
+    x2, _ = strided._inputs(changed, lengths)
+    moved = (strided._interests(x2, lengths, mask, every_position=True) != at_anchors)
+    assert not moved[:, :2].any() and moved[real][2:].any()  # anchors 0, 3 keep theirs
+    out_every, out_strided = every.encode(seq, lengths), strided.encode(seq, lengths)
+    torch.testing.assert_close(out_strided[:, ::3][real], out_every[:, ::3][real])
+    assert not torch.allclose(out_strided[:, 1], out_every[:, 1])
+
+
 # -- streaming ----------------------------------------------------------------------------
-@pytest.mark.parametrize("use_imr", [True, False])
-def test_step_scores_equal_full_forward_at_every_step(use_imr):
-    model = make_model(use_imr=use_imr)
+@pytest.mark.parametrize("use_imr,stride", [(True, 1), (True, 3), (False, 1)])
+def test_step_scores_equal_full_forward_at_every_step(use_imr, stride, monkeypatch):
+    model = make_model(use_imr=use_imr, memory_stride=stride)
     seq, lengths = right_padded([24, 24, 24], 24)
     full = model.logits(model.encode(seq, lengths))
     state = model.init_state(3)
-    assert len(state.layers) == 2 + use_imr
+    assert len(state.layers) == 2 + 2 * use_imr
+    if use_imr:  # the memory is read at anchors only
+        queries = []
+        monkeypatch.setattr(model.imr, "forward", lambda *a, f=model.imr.forward:
+                            queries.append(a[0].shape[0]) or f(*a))
     for t in range(24):
         scores, state = model.step(seq[:, t], state)
         torch.testing.assert_close(scores, full[:, t], atol=2e-5, rtol=1e-5)
+    if use_imr:
+        assert len(queries) == 24 // stride
     with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=24"):
         model.step(seq[:, 0], state)
 
 
-def test_build_state_then_step_equals_full_forward_on_extended_history():
-    model = make_model()
+@pytest.mark.parametrize("stride", STRIDES)
+def test_build_state_then_step_equals_full_forward_on_extended_history(stride):
+    model = make_model(memory_stride=stride)
     seq, lengths = right_padded([20, 7, 1, 0], 21, seed=3)
     nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
     state = assert_step_after_build_state_is_full_forward(model, seq, lengths, nxt, atol=2e-5)
@@ -179,13 +214,13 @@ def test_only_retrieved_slots_get_gradients_and_updates(monkeypatch):
 
 
 def test_gradient_clipping_counts_sparse_rows_once_coalesced():
-    model = make_model(memory_size=16, memory_topk=4, memory_heads=2).train()
+    model = make_model(memory_size=16, memory_topk=4, memory_heads=2, memory_stride=1).train()
     seq, lengths = right_padded([8, 8], 8)
     model.calculate_loss({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths,
                           model.TARGET_SEQ: torch.randint(1, N_ITEMS, (2, 8))}).backward()
     grads = [p.grad.to_dense() for p in model.parameters() if p.grad is not None]
     expected = torch.cat([g.flatten() for g in grads]).norm()
-    # 16 slots, 32 retrievals per layer input: the sparse gradient repeats rows
+    # 16 slots, 128 retrievals (every position, 2 heads): the sparse gradient repeats rows
     assert model.imr.values.grad._nnz() > 16
     total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
     torch.testing.assert_close(total, expected)
@@ -251,6 +286,20 @@ def test_trained_checkpoint_reloads_with_both_optimizers(tiny):
     trainer.optimizer.load_state_dict(ckpt["optimizer"])  # resumable
 
 
+def test_checkpoint_saved_before_memory_stride_reloads_with_a_retrieval_per_position():
+    """A checkpoint whose saved config lacks ``memory_stride`` was trained querying the memory
+    at every position: it is rebuilt that way, not with today's default."""
+    from recbole_efficient.quick_start import config_from_checkpoint
+
+    state = {"model": "ELASTIC", "dataset": "ml-100k", "inputs": {"epochs": 1},
+             "final": {"memory_size": 65536}}
+    assert config_from_checkpoint({"config": state})["memory_stride"] == 1
+    assert config_from_checkpoint({"config": state},
+                                  {"memory_stride": 4})["memory_stride"] == 4
+    state["final"]["memory_stride"] = 8
+    assert config_from_checkpoint({"config": state})["memory_stride"] == 8
+
+
 def test_noncausal_form_trains_augmented_end_to_end(tiny):
     from recbole_efficient import run_recbole_efficient
 
@@ -284,6 +333,8 @@ def test_noncausal_form_trains_augmented_end_to_end(tiny):
                         "default)."),
     ({"memory_lr_scale": 0}, "memory_lr_scale=0 must be a number > 0; use "
                              "--memory_lr_scale=1.0 (the default)."),
+    ({"memory_stride": 0}, "memory_stride=0 must be an integer >= 1; use --memory_stride=8 "
+                           "(the default)."),
 ])
 def test_each_bad_combination_is_one_clear_line(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -328,10 +379,11 @@ def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, use_imr):
     assert float(result["test_result"]["ndcg@10"]) > 1.1 * POPULARITY_NDCG10, result
 
 
-@pytest.mark.parametrize("use_imr", [True, False])
-def test_packed_training_equals_the_padded_grid_in_value_and_gradient(use_imr):
+@pytest.mark.parametrize("use_imr,stride", [(True, 1), (True, 3), (False, 1)])
+def test_packed_training_equals_the_padded_grid_in_value_and_gradient(use_imr, stride):
     """``all_positions`` training runs ELASTIC's position-wise work and memory queries on the
-    real positions only (sparse memory gradients included)."""
-    model = make_model(use_imr=use_imr, hidden_dropout_prob=0.0, attn_dropout_prob=0.0).train()
+    real positions (anchors) only (sparse memory gradients included)."""
+    model = make_model(use_imr=use_imr, memory_stride=stride, hidden_dropout_prob=0.0,
+                       attn_dropout_prob=0.0).train()
     assert_packed_training_is_padded_training(
         model, make_model(use_imr=use_imr).drop_sequence_mixer(), N_ITEMS)

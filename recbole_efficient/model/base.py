@@ -75,6 +75,9 @@ class EfficientSequentialRecommender(SequentialRecommender):
     mixer_dropped = False
     #: Keys this model reads, checked at start-up (``recbole_efficient.validation``).
     config_spec = EFFICIENT_SPEC
+    #: Keys added to this model after checkpoints of it were saved, with the value that
+    #: rebuilds those checkpoints' model (``quick_start.config_from_checkpoint``).
+    checkpoint_defaults = {}
 
     @classmethod
     def is_causal(cls, config):

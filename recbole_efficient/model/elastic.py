@@ -32,8 +32,11 @@ constructions it points to (Luna, Set Transformer's ISAB, product-key memory):
   BatchNorm of product-key memory, whose batch statistics would mix other users and future
   positions into a query). The top ``memory_topk`` slots are found among n + n sub-keys and
   ``memory_topk^2`` candidate sums; their softmax-weighted sum, LayerNorm-ed, is one
-  retrieved interest. The non-causal form queries once per user with the whole-sequence mean
-  and the last item.
+  retrieved interest. The causal form queries at the anchors t = 0, s, 2s, ... of
+  ``memory_stride`` s, and the interests retrieved at an anchor serve the s positions from it
+  (s = 1: a retrieval at every position; a retrieval at position t sees positions <= t only,
+  so the form stays causal and streams, retrieving every s items). The non-causal form
+  queries once per user with the whole-sequence mean and the last item.
 * The retrieved interests *augment* the experts of the last LDA sublayer (the one whose
   output is scored): projected like items, they enter its unpack softmax beside the k packed
   experts, so each position chooses between interests compressed from its history and
@@ -108,10 +111,11 @@ class DispatcherAttention(nn.Module):
     """LDA sublayer ``LN(x + Dropout(W_o LDA(x)))``, causal or not (see the module docstring)."""
 
     def __init__(self, hidden_size, n_heads, n_experts, causal, chunk_size, attn_dropout,
-                 hidden_dropout, layer_norm_eps):
+                 hidden_dropout, layer_norm_eps, memory_stride=1):
         super().__init__()
         self.n_heads, self.head_size = n_heads, hidden_size // n_heads
         self.causal, self.chunk_size, self.attn_dropout = causal, chunk_size, attn_dropout
+        self.memory_stride = memory_stride
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -128,14 +132,18 @@ class DispatcherAttention(nn.Module):
         out = out.movedim(1, -2).flatten(-2)
         return self.LayerNorm(x + self.dropout(self.dense(out)))
 
-    def _extras(self, interests, grid=None):
+    def _extras(self, interests, grid=None, length=None):
         """Retrieved interests ``[B, ..., m, d]`` as extra keys and values ``[B, H, ..., m, D]``;
-        packed ones ``[n, m, d]`` are put back on the ``grid`` mask's ``[B, L]`` first."""
+        packed ones ``[n, m, d]`` are put back on the ``grid`` mask first. With ``length``, the
+        interests lie on the causal form's anchors ``[B, A, m, d]`` (positions 0, s, 2s, ...
+        for ``memory_stride`` s) and each anchor's keys and values serve its s positions."""
         if interests is None:
             return None, None
         kv = fused_linear(interests, self.key, self.value)
         if grid is not None:
             kv = padded_grid(kv, grid)
+        if length is not None and self.memory_stride > 1:
+            kv = kv.repeat_interleave(self.memory_stride, 1)[:, :length]
         return (self._heads(t) for t in kv.chunk(2, -1))
 
     def _qkv(self, x, grid=None):
@@ -155,13 +163,19 @@ class DispatcherAttention(nn.Module):
                                   self.training)
 
     def forward(self, x, mask, interests=None):
-        return self._merge(x, self._dispatch(*self._qkv(x), mask, *self._extras(interests)))
+        """``x [B, L, d]``; interests on the anchors ``[B, A, m, d]`` (causal form) or one set
+        per row ``[B, 1, m, d]``."""
+        length = x.size(1) if self.causal else None
+        return self._merge(x, self._dispatch(*self._qkv(x), mask,
+                                             *self._extras(interests, length=length)))
 
     def forward_packed(self, x, mask, interests=None):
-        """:meth:`forward` at the real positions only: ``x [n, d]`` (interests ``[n, m, d]``)
-        hold the positions where ``mask [B, L]`` is True, row-major. Projections, residual and
-        norm run on those n; the dispatcher on the ``[B, L]`` grid with zeros at the pads."""
-        out = self._dispatch(*self._qkv(x, grid=mask), mask, *self._extras(interests, grid=mask))
+        """:meth:`forward` at the real positions only: ``x [n, d]`` holds the positions where
+        ``mask [B, L]`` is True, row-major, and interests ``[n_a, m, d]`` the real anchors.
+        Projections, residual and norm run on those n; the dispatcher on the ``[B, L]`` grid
+        with zeros at the pads."""
+        extras = self._extras(interests, grid=mask[:, ::self.memory_stride], length=mask.size(1))
+        out = self._dispatch(*self._qkv(x, grid=mask), mask, *extras)
         return self._merge(x, out.movedim(1, -2)[mask])  # [n, H, D]: _merge's movedim is a no-op
 
     def forward_last(self, x, x_last, mask, interests_last=None):
@@ -203,7 +217,8 @@ class ELASTICBlock(nn.Module):
         d, eps = config["hidden_size"], config["layer_norm_eps"]
         self.lda = DispatcherAttention(d, config["n_heads"], config["n_experts"], causal,
                                        config["chunk_size"], config["attn_dropout_prob"],
-                                       config["hidden_dropout_prob"], eps)
+                                       config["hidden_dropout_prob"], eps,
+                                       config["memory_stride"])
         self.feed_forward = FeedForward(d, config["inner_size"], config["hidden_dropout_prob"],
                                         config["hidden_act"], eps)
 
@@ -239,6 +254,7 @@ class ELASTIC(EfficientSequentialRecommender):
         Int("memory_size", 1, example=65536),
         Int("memory_topk", 1, example=4),
         Int("memory_heads", 1, example=1),
+        Int("memory_stride", 1, example=8),
         Float("memory_lr_scale", 0, low_open=True, example=1.0),
         Rule(("use_imr", "memory_size"),
              _imr_rule(lambda c: math.isqrt(c["memory_size"]) ** 2 == c["memory_size"]),
@@ -253,6 +269,9 @@ class ELASTIC(EfficientSequentialRecommender):
              "halves; use an even --hidden_size or --use_imr=False."),
     )
 
+    # the memory was queried at every position before memory_stride existed
+    checkpoint_defaults = {"memory_stride": 1}
+
     @classmethod
     def is_causal(cls, config):
         return bool(config["lda_causal"])
@@ -262,6 +281,7 @@ class ELASTIC(EfficientSequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.initializer_range = config["initializer_range"]
         self.memory_lr_scale = config["memory_lr_scale"]
+        self.memory_stride = config["memory_stride"]
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
@@ -306,23 +326,29 @@ class ELASTIC(EfficientSequentialRecommender):
         return self.dropout(self.LayerNorm(x))
 
     def _interests(self, x, item_seq_len, mask, every_position):
-        """Retrieved interests: ``[B, N, m, d]`` from the prefix of every position, or
-        ``[B, m, d]`` from the whole real sequence (= the prefix of the last position).
-        None without IMR."""
+        """Retrieved interests: ``[B, A, m, d]`` at every anchor (positions 0, s, 2s, ... for
+        ``memory_stride`` s; every position at s = 1) from its prefix, or ``[B, m, d]`` for
+        the last real position (the causal form: from its anchor's prefix; the non-causal
+        form: from the whole real sequence). None without IMR."""
         if self.imr is None:
             return None
         if every_position:
-            summary = _prefix_means(x)
-            if bool(mask.all()):  # no pads: no gather and scatter
-                return self.imr(summary, x)
+            stride = self.memory_stride
+            summary, current, anchors = _prefix_means(x)[:, ::stride], x[:, ::stride], \
+                mask[:, ::stride]
+            if bool(anchors.all()):  # no pads: no gather and scatter
+                return self.imr(summary, current)
             # pads retrieve nothing (their outputs are never used, and the memory rows they
             # would hit must get no gradient entry, which LazyAdam would act on)
-            out = x.new_zeros(*x.shape[:2], self.imr.heads, x.size(-1))
-            out[mask] = self.imr(summary[mask], x[mask])
+            out = x.new_zeros(*current.shape[:2], self.imr.heads, x.size(-1))
+            out[anchors] = self.imr(summary[anchors], current[anchors])
             return out
-        length = item_seq_len.clamp_min(1)
-        summary = (x * mask[..., None]).sum(1) / length[:, None]
-        return self.imr(summary, self.gather_indexes(x, length - 1))
+        last = item_seq_len.clamp_min(1) - 1
+        if self.causal:
+            last = last - last % self.memory_stride
+        prefix = mask & (torch.arange(x.size(1), device=x.device) <= last[:, None])
+        summary = (x * prefix[..., None]).sum(1) / (last + 1)[:, None]
+        return self.imr(summary, self.gather_indexes(x, last))
 
     def _inputs(self, item_seq, item_seq_len):
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
@@ -346,8 +372,11 @@ class ELASTIC(EfficientSequentialRecommender):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
         x = self._embed(item_seq[mask], positions[mask])                    # [n, d]
         interests = None
-        if self.imr is not None:
-            interests = self.imr(_prefix_means(padded_grid(x, mask))[mask], x)  # [n, m, d]
+        if self.imr is not None:  # at the real anchors: [n_a, m, d]
+            stride, grid = self.memory_stride, padded_grid(x, mask)
+            anchors = mask[:, ::stride]
+            interests = self.imr(_prefix_means(grid)[:, ::stride][anchors],
+                                 grid[:, ::stride][anchors])
         for block in self.blocks[:-1]:
             x = block.forward_packed(x, mask)
         return self.blocks[-1].forward_packed(x, mask, interests)
@@ -370,7 +399,8 @@ class ELASTIC(EfficientSequentialRecommender):
 
     # -- streaming inference (protocol on the base) -----------------------------------------
     # State: one (sum k a^T, sum a^T v, Z) triple per layer, then (with IMR) the running sum of
-    # the inputs for the memory query. Learned positions: at most max_seq_length items.
+    # the inputs for the memory query and the interests retrieved at the last anchor (reused
+    # until the next one). Learned positions: at most max_seq_length items.
     def stream_limit(self):
         return self.max_seq_length
 
@@ -383,29 +413,39 @@ class ELASTIC(EfficientSequentialRecommender):
                            torch.zeros(batch_size, heads, experts, size, device=device),
                            torch.zeros(batch_size, heads, experts, device=device)))
         if self.imr is not None:
-            layers.append(torch.zeros(batch_size, self.hidden_size, device=device))
+            layers += [torch.zeros(batch_size, self.hidden_size, device=device),
+                       torch.zeros(batch_size, self.imr.heads, self.hidden_size, device=device)]
         return layers
 
     def _stream_build(self, item_seq, item_seq_len):
         x, mask = self._inputs(item_seq, item_seq_len)
-        inputs_sum = [] if self.imr is None else [(x * mask[..., None]).sum(1)]
+        memory = []
+        if self.imr is not None:
+            # an empty row keeps the empty state: its next item is an anchor and retrieves
+            interests = self._interests(x, item_seq_len, mask, every_position=False)
+            memory = [(x * mask[..., None]).sum(1),
+                      interests * (item_seq_len > 0)[:, None, None].to(x.dtype)]
         layers = []
         for block in self.blocks[:-1]:
             layers.append(block.lda.state(x, mask))
             x = block(x, mask)
-        return layers + [self.blocks[-1].lda.state(x, mask)] + inputs_sum
+        return layers + [self.blocks[-1].lda.state(x, mask)] + memory
 
     def _stream_step(self, item_ids, positions, layers):
         x = self._embed(item_ids, positions)
-        interests, new_layers = None, []
+        interests, memory, new_layers = None, [], []
         if self.imr is not None:
-            total = layers[-1] + x
-            interests = self.imr(total / (positions + 1)[:, None].to(x.dtype), x)
+            total, interests = layers[-2] + x, layers[-1]
+            anchor = positions % self.memory_stride == 0
+            if bool(anchor.any()):  # between anchors nothing is retrieved
+                fresh = self.imr(total / (positions + 1)[:, None].to(x.dtype), x)
+                interests = torch.where(anchor[:, None, None], fresh, interests)
+            memory = [total, interests]
         for i, (block, state) in enumerate(zip(self.blocks, layers)):
             x, state = block.lda.step(x, state, interests if i == len(self.blocks) - 1 else None)
             x = block.feed_forward(x)
             new_layers.append(state)
-        return x, new_layers + ([] if self.imr is None else [total])
+        return x, new_layers + memory
 
 
 __all__ = ["ELASTIC"]
