@@ -170,17 +170,27 @@ def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=Non
                 raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
                                  f"{given}: drop --{key} when resuming, or give another checkpoint.")
         inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
-        final = saved.get("final") or {}
-        # keys the model gained after this checkpoint was saved: the value it was trained with
-        defaults = getattr(get_model(saved["model"]), "checkpoint_defaults", {})
-        inputs.update({k: v for k, v in defaults.items() if k not in final and k not in inputs})
         inputs.update(config_dict or {})
-        return Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
-                      config_file_list=config_file_list, read_cmd_line=read_cmd_line)
+        config = Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
+                        config_file_list=config_file_list, read_cmd_line=read_cmd_line)
+        _checkpoint_defaults(config, saved.get("final") or {})
+        return config
     # A trusted RecBole-format checkpoint holds the Config object itself.
+    _checkpoint_defaults(saved, saved.final_config_dict)
     for key, value in (config_dict or {}).items():
         saved[key] = value
     return saved
+
+
+def _checkpoint_defaults(config, saved_keys):
+    """Keys the model gained after a checkpoint was saved (absent from ``saved_keys``) get the
+    value the checkpoint was trained with, unless this run sets them (``config_dict``, a yaml
+    file or the command line)."""
+    defaults = getattr(get_model(config["model"]), "checkpoint_defaults", {})
+    given = getattr(config, "external_config_dict", {}) or {}
+    for key, value in defaults.items():
+        if key not in saved_keys and key not in given:
+            config[key] = value
 
 
 def load_data_and_model(model_file, trust_checkpoint=False, config_dict=None):

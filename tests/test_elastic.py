@@ -159,6 +159,23 @@ def test_step_scores_equal_full_forward_at_every_step(use_imr, stride, monkeypat
         model.step(seq[:, 0], state)
 
 
+def test_streaming_rows_at_different_positions_query_the_memory_at_their_own_anchors(
+        monkeypatch):
+    model = make_model(memory_stride=3)
+    seq, _ = right_padded([12, 12, 12], 12, seed=5)
+    full = model.logits(model.encode(seq, torch.full((3,), 12)))
+    built = torch.tensor([2, 1, 0])  # histories of 2, 1 and 0 items: the rows' residues differ
+    state = model.build_state(seq[:, :2], built)
+    rows = []
+    monkeypatch.setattr(model.imr, "forward", lambda *a, f=model.imr.forward:
+                        rows.append(a[0].shape[0]) or f(*a))
+    for step in range(6):
+        position = built + step
+        scores, state = model.step(seq[torch.arange(3), position], state)
+        torch.testing.assert_close(scores, full[torch.arange(3), position], atol=2e-5, rtol=1e-5)
+    assert sum(rows) == 6  # each row: 2 anchors among its 6 positions, not all 3 rows each step
+
+
 @pytest.mark.parametrize("stride", STRIDES)
 def test_build_state_then_step_equals_full_forward_on_extended_history(stride):
     model = make_model(memory_stride=stride)
@@ -298,6 +315,21 @@ def test_checkpoint_saved_before_memory_stride_reloads_with_a_retrieval_per_posi
                                   {"memory_stride": 4})["memory_stride"] == 4
     state["final"]["memory_stride"] = 8
     assert config_from_checkpoint({"config": state})["memory_stride"] == 8
+
+
+def test_old_checkpoint_default_yields_to_a_yaml_file_and_covers_recbole_format(tmp_path):
+    from recbole_efficient.quick_start import config_from_checkpoint
+
+    state = {"model": "ELASTIC", "dataset": "ml-100k", "inputs": {}, "final": {}}
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("memory_stride: 4\n")
+    assert config_from_checkpoint({"config": state},
+                                  config_file_list=[str(yaml_file)])["memory_stride"] == 4
+    # a trusted RecBole-format checkpoint holds the Config object itself
+    saved = Config(model="ELASTIC", dataset="ml-100k", config_dict={"epochs": 1},
+                   read_cmd_line=False)
+    del saved.final_config_dict["memory_stride"]
+    assert config_from_checkpoint({"config": saved})["memory_stride"] == 1
 
 
 def test_noncausal_form_trains_augmented_end_to_end(tiny):

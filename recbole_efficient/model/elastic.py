@@ -437,9 +437,12 @@ class ELASTIC(EfficientSequentialRecommender):
         if self.imr is not None:
             total, interests = layers[-2] + x, layers[-1]
             anchor = positions % self.memory_stride == 0
-            if bool(anchor.any()):  # between anchors nothing is retrieved
-                fresh = self.imr(total / (positions + 1)[:, None].to(x.dtype), x)
-                interests = torch.where(anchor[:, None, None], fresh, interests)
+            summary = total / (positions + 1)[:, None].to(x.dtype)
+            if bool(anchor.all()):
+                interests = self.imr(summary, x)
+            elif bool(anchor.any()):  # only the rows at an anchor query the memory
+                interests = interests.clone()
+                interests[anchor] = self.imr(summary[anchor], x[anchor])
             memory = [total, interests]
         for i, (block, state) in enumerate(zip(self.blocks, layers)):
             x, state = block.lda.step(x, state, interests if i == len(self.blocks) - 1 else None)
