@@ -238,11 +238,13 @@ class ELASTICBlock(nn.Module):
         return self.feed_forward(x_last)
 
 
-def _prefix_means(x):
-    """``x [B, N, d]`` -> the mean of ``x[:, :t+1]`` at every t (the causal memory query's
-    summary; right padding only follows the real positions)."""
+def _anchor_queries(x, mask, stride):
+    """What the causal memory queries read at the anchors (positions 0, s, 2s, ...): the mean
+    of ``x[:, :t+1]`` and ``x[:, t]``, ``[B, A, d]`` each, and which anchors are real
+    ``[B, A]`` (right padding only follows the real positions)."""
     count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=x.dtype)
-    return x.cumsum(1) / count[:, None]
+    means = x.cumsum(1) / count[:, None]
+    return means[:, ::stride], x[:, ::stride], mask[:, ::stride]
 
 
 class ELASTIC(EfficientSequentialRecommender):
@@ -333,9 +335,7 @@ class ELASTIC(EfficientSequentialRecommender):
         if self.imr is None:
             return None
         if every_position:
-            stride = self.memory_stride
-            summary, current, anchors = _prefix_means(x)[:, ::stride], x[:, ::stride], \
-                mask[:, ::stride]
+            summary, current, anchors = _anchor_queries(x, mask, self.memory_stride)
             if bool(anchors.all()):  # no pads: no gather and scatter
                 return self.imr(summary, current)
             # pads retrieve nothing (their outputs are never used, and the memory rows they
@@ -373,10 +373,9 @@ class ELASTIC(EfficientSequentialRecommender):
         x = self._embed(item_seq[mask], positions[mask])                    # [n, d]
         interests = None
         if self.imr is not None:  # at the real anchors: [n_a, m, d]
-            stride, grid = self.memory_stride, padded_grid(x, mask)
-            anchors = mask[:, ::stride]
-            interests = self.imr(_prefix_means(grid)[:, ::stride][anchors],
-                                 grid[:, ::stride][anchors])
+            summary, current, anchors = _anchor_queries(padded_grid(x, mask), mask,
+                                                        self.memory_stride)
+            interests = self.imr(summary[anchors], current[anchors])
         for block in self.blocks[:-1]:
             x = block.forward_packed(x, mask)
         return self.blocks[-1].forward_packed(x, mask, interests)
@@ -437,12 +436,13 @@ class ELASTIC(EfficientSequentialRecommender):
         if self.imr is not None:
             total, interests = layers[-2] + x, layers[-1]
             anchor = positions % self.memory_stride == 0
-            summary = total / (positions + 1)[:, None].to(x.dtype)
-            if bool(anchor.all()):
-                interests = self.imr(summary, x)
-            elif bool(anchor.any()):  # only the rows at an anchor query the memory
-                interests = interests.clone()
-                interests[anchor] = self.imr(summary[anchor], x[anchor])
+            if bool(anchor.any()):  # only the rows at an anchor query the memory
+                summary = total / (positions + 1)[:, None].to(x.dtype)
+                if bool(anchor.all()):
+                    interests = self.imr(summary, x)
+                else:
+                    interests = interests.clone()
+                    interests[anchor] = self.imr(summary[anchor], x[anchor])
             memory = [total, interests]
         for i, (block, state) in enumerate(zip(self.blocks, layers)):
             x, state = block.lda.step(x, state, interests if i == len(self.blocks) - 1 else None)
