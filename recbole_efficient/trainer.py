@@ -367,8 +367,8 @@ def build_optimizer(model, learner, learning_rate, weight_decay):
     """RecBole's optimiser for ``learner`` over ``model.optimizer_groups(weight_decay)`` (all
     trainable parameters if the model has no groups); the trainer and the benchmarks use it.
 
-    A group flagged ``sparse: True`` holds parameters with row-sparse gradients (ELASTIC's
-    memory bank): it gets :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
+    A group flagged ``sparse: True`` holds parameters that can take row-sparse gradients
+    (ELASTIC's memory bank; the model is switched to them, ``use_sparse_gradients``): it gets :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
     (default 1) x ``learning_rate``, without weight decay, which updates only the rows in the
     gradient and their moments, so a step costs the same whatever the number of rows. The
     result is then an :class:`~recbole_efficient.optim.OptimizerChain` of the two.
@@ -382,6 +382,8 @@ def build_optimizer(model, learner, learning_rate, weight_decay):
         group["lr"] = learning_rate * group.pop("lr_scale", 1.0)
         (sparse if group.pop("sparse", False) else dense).append(group)
     learner = str(learner).lower()
+    if sparse and hasattr(model, "use_sparse_gradients"):
+        model.use_sparse_gradients(True)  # the optimisers below take row-sparse gradients
     if learner == "sparse_adam":  # RecBole's meaning: SparseAdam for every parameter
         return torch.optim.SparseAdam(dense + sparse, lr=learning_rate)
     learners = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,

@@ -78,6 +78,9 @@ class EfficientSequentialRecommender(SequentialRecommender):
     #: Keys added to this model after checkpoints of it were saved, with the value that
     #: rebuilds those checkpoints' model (``quick_start.config_from_checkpoint``).
     checkpoint_defaults = {}
+    #: Whether parameters that can take row-sparse gradients (a ``sparse`` optimiser group,
+    #: e.g. ELASTIC's memory bank) get them; see :meth:`use_sparse_gradients`.
+    sparse_gradients = False
 
     @classmethod
     def is_causal(cls, config):
@@ -103,6 +106,15 @@ class EfficientSequentialRecommender(SequentialRecommender):
         self.TARGET_SEQ = target_list_field(config)
         self.bpr_loss = BPRLoss()
         self._warned_fallback = False
+
+    def use_sparse_gradients(self, enabled=True):
+        """Give the parameters of ``sparse`` optimiser groups row-sparse gradients.
+
+        Off by default, so that any torch optimiser (RecBole's own trainer builds one Adam over
+        every parameter) can step them, with dense gradients; ``trainer.build_optimizer`` turns
+        it on where it gives those groups LazyAdam. Models with such groups override this.
+        """
+        self.sparse_gradients = bool(enabled)
 
     # -- to implement -------------------------------------------------------------------
     def encode(self, item_seq, item_seq_len):

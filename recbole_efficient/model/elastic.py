@@ -43,10 +43,12 @@ constructions it points to (Luna, Set Transformer's ISAB, product-key memory):
   interests recalled from the memory. As pack queries they would make the pack weights
   depend on t and break the linear-time causal form; feeding only the last sublayer means
   that scoring one position (``encode_last``) needs one retrieval per user.
-* Only the retrieved slots get gradients (``embedding_bag`` with sparse gradients). The bank
-  is a ``sparse`` group in ``optimizer_groups``, which the trainer gives LazyAdam (lr x
-  ``memory_lr_scale``, no weight decay), so a step does the same work at M = 1e6 as at 1e4
-  apart from the 2 sqrt(M) sub-key scores per query.
+* Only the retrieved slots get gradients (``embedding_bag``). The bank is a ``sparse`` group
+  in ``optimizer_groups``, which our trainer gives LazyAdam (lr x ``memory_lr_scale``, no
+  weight decay) with row-sparse gradients (``use_sparse_gradients``), so a step does the same
+  work at M = 1e6 as at 1e4 apart from the 2 sqrt(M) sub-key scores per query. Elsewhere
+  (RecBole's own trainer: one torch optimiser over every parameter) the bank's gradient is
+  dense, with the same values.
 """
 
 import math
@@ -95,6 +97,7 @@ class InterestMemory(nn.Module):
                                      * (hidden_size // 2) ** -0.5)
         self.values = nn.Parameter(torch.empty(memory_size, hidden_size))
         self.out_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.sparse = False  # row-sparse gradients for ``values`` (LazyAdam only)
 
     def forward(self, summary, current):
         query = self.query(torch.cat([summary, current], -1))
@@ -103,7 +106,7 @@ class InterestMemory(nn.Module):
         # embedding_bag: the weighted sum without a [..., k, d] tensor; sparse gradient rows
         out = F.embedding_bag(slots.reshape(-1, self.topk), self.values, mode="sum",
                               per_sample_weights=scores.softmax(-1).reshape(-1, self.topk),
-                              sparse=True)
+                              sparse=self.sparse)
         return self.out_norm(out.view(*slots.shape[:-1], self.hidden_size))
 
 
@@ -321,6 +324,11 @@ class ELASTIC(EfficientSequentialRecommender):
         dense = [p for p in self.parameters() if p.requires_grad and p is not bank]
         return [{"params": dense, "weight_decay": weight_decay},
                 {"params": [bank], "sparse": True, "lr_scale": self.memory_lr_scale}]
+
+    def use_sparse_gradients(self, enabled=True):
+        super().use_sparse_gradients(enabled)
+        if self.imr is not None:
+            self.imr.sparse = self.sparse_gradients
 
     # -- encoder ----------------------------------------------------------------------------
     def _embed(self, item_seq, positions):
