@@ -1,32 +1,49 @@
 """Efficient long-sequence sequential recommenders as a RecBole plugin.
 
-Importing this package also makes RecBole 1.2.1 usable on NumPy 2 (see ``compat``).
+Importing this package also makes RecBole 1.2.1 usable on NumPy 2 (see ``compat``). The
+public names below load their modules (torch, RecBole) on first use, so the command line's
+``--help``, ``download`` and ``convert`` start quickly.
 """
+
+import importlib
 
 from recbole_efficient import compat
 
 compat.install_numpy_aliases()
 
-from recbole_efficient.config import Config  # noqa: E402
-from recbole_efficient.data import SequentialDataset, create_dataset, data_preparation  # noqa: E402
-from recbole_efficient.model import MODELS, EfficientSequentialRecommender  # noqa: E402
-from recbole_efficient.trainer import Trainer  # noqa: E402
-from recbole_efficient.utils import get_model, get_trainer  # noqa: E402
-from recbole_efficient.quick_start import (  # noqa: E402
-    load_data_and_model,
-    objective_function,
-    run,
-    run_recbole_efficient,
-)
-from recbole_efficient.tune import tune_model  # noqa: E402  (imports Ray only when called)
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config", "SequentialDataset", "create_dataset", "data_preparation", "MODELS",
-    "EfficientSequentialRecommender", "Trainer", "get_model", "get_trainer", "load_data_and_model",
-    "objective_function", "run", "run_recbole_efficient", "tune_model", "model_config_files",
-]
+#: public name -> module that defines it
+_PUBLIC = {
+    "Config": "recbole_efficient.config",
+    "SequentialDataset": "recbole_efficient.data",
+    "create_dataset": "recbole_efficient.data",
+    "data_preparation": "recbole_efficient.data",
+    "MODELS": "recbole_efficient.model",
+    "EfficientSequentialRecommender": "recbole_efficient.model",
+    "Trainer": "recbole_efficient.trainer",
+    "get_model": "recbole_efficient.utils",
+    "get_trainer": "recbole_efficient.utils",
+    "load_data_and_model": "recbole_efficient.quick_start",
+    "objective_function": "recbole_efficient.quick_start",
+    "run": "recbole_efficient.quick_start",
+    "run_recbole_efficient": "recbole_efficient.quick_start",
+    "tune_model": "recbole_efficient.tune",  # imports Ray only when called
+}
+
+__all__ = [*_PUBLIC, "model_config_files"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'recbole_efficient' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__ + ["__version__"])
 
 
 def model_config_files(model_name):

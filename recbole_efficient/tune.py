@@ -485,8 +485,7 @@ def tune_model(model, dataset="ml-100k", space=None, *, config_file_list=None,
     from ray import tune
 
     if not ray.is_initialized():
-        env = {} if address else {"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        start_ray(address)
     if address and gpus_per_trial > _available("GPU"):
         raise SweepError(f"gpus_per_trial={gpus_per_trial} but the cluster at {address} has "
                          f"{_available('GPU'):g} GPU(s).")
@@ -693,11 +692,35 @@ def evaluate_on_test(checkpoint_file, dataset=None, gpu_id=None):
     return {k: float(v) for k, v in result.items()}
 
 
+def start_ray(address=None, **kwargs):
+    """``ray.init`` for sweeps: local workers run this interpreter with this ``sys.path``,
+    whatever folder the driver was started from.
+
+    Ray's ``uv run`` hook (on by default) would ship the uv project of the working folder to
+    the workers instead, and raises when that folder is outside the project; it is turned off
+    unless ``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set. ``kwargs`` go to ``ray.init``.
+    """
+    os.environ.setdefault(_UV_HOOK, "0")
+    import ray
+
+    try:  # Ray reads the variable once, when it is first imported
+        from ray._private import ray_constants
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ[_UV_HOOK].lower() in ("1", "true")
+    except (ImportError, AttributeError):
+        pass
+    env = {} if address else {"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env,
+             **kwargs)
+
+
+_UV_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
 # -- command line ------------------------------------------------------------------------------
 def main(argv=None):
     """``run_recbole_efficient.py tune ...``; exit status 2 on bad input, 130 if interrupted."""
     parser = argparse.ArgumentParser(
-        prog="run_recbole_efficient.py tune",
+        prog="recbole-efficient tune",
         description="Ray Tune sweep of a recbole_efficient (or RecBole) model. Any other "
                     "--key=value fixes that setting for every trial.")
     parser.add_argument("--model", required=True)

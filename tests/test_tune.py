@@ -1,4 +1,4 @@
-"""Ray Tune sweeps (issue 9) on tiny data and a local Ray with 2 CPUs and 2 declared GPUs."""
+"""Ray Tune sweeps on tiny data and a local Ray with 2 CPUs and 2 declared GPUs."""
 
 import math
 import os
@@ -12,7 +12,7 @@ from ray import tune
 from recbole_efficient import Config, run_recbole_efficient
 from recbole_efficient.model import MODELS
 from recbole_efficient.tune import (Dim, check_space, default_space_file, evaluate_on_test,
-                                    load_space, main, to_ray, tune_model)
+                                    load_space, main, start_ray, to_ray, tune_model)
 
 from conftest import TINY, write_tiny_dataset
 
@@ -36,8 +36,7 @@ def local_ray():
     # Earlier tests' RecBole Configs set CUDA_VISIBLE_DEVICES=0 in this process; Ray would
     # then see one GPU only.
     visible = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+    start_ray(num_cpus=2, num_gpus=2)
     yield ray
     ray.shutdown()
     if visible is not None:
