@@ -12,7 +12,7 @@ from recbole_efficient import distributed
 from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
 from recbole_efficient.config import Config
 from recbole_efficient.data import create_dataset, data_preparation
-from recbole_efficient.data.dataset import check_data_files
+from recbole_efficient.data.fetch import ensure_dataset
 from recbole_efficient.utils import get_model, get_trainer
 
 
@@ -28,8 +28,7 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
     of the best checkpoint so far (``None`` when there is none).
     """
     config = _config(model, dataset, config_file_list, config_dict, read_cmd_line, resume)
-    if not config["allow_download"]:
-        check_data_files(config)  # before the log and its config dump
+    ensure_dataset(config)  # fetched by name if need be, before the log and its config dump
     init_seed(config["seed"], config["reproducibility"])
     distributed.init_logger(config)
     logger = getLogger()
@@ -143,8 +142,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
                        offset=group_offset)
     config = _config(model, dataset, config_file_list, config_dict, True, resume)
     distributed.check_devices(config)
-    if not config["allow_download"]:
-        check_data_files(config)
+    ensure_dataset(config)  # once, before any worker starts
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_run_rank, args=(model, dataset, config_file_list,
                               {"config_dict": config_dict, "queue": queue, "resume": resume}),

@@ -226,6 +226,18 @@ def likely_typos(given, known):
     return found
 
 
+def _mirrors_problem(value):
+    from recbole_efficient.data.catalog import mirror_list
+
+    try:
+        mirror_list(value)
+    except Exception:  # noqa: BLE001 - yaml or type errors alike: the value is not a list
+        return (f"dataset_mirrors={value!r} must be URL prefixes or folders: one, or a list, "
+                "e.g. --dataset_mirrors=https://mirror.example.org/movielens or "
+                "--dataset_mirrors=\"['https://mirror.example.org/movielens', '/data/archives']\".")
+    return None
+
+
 # -- shared declarations ------------------------------------------------------------------
 #: RecBole keys every model reads (baselines included).
 COMMON_SPEC = (
@@ -242,6 +254,8 @@ COMMON_SPEC = (
     Bool("exclude_history"),
     Bool("bucket_by_length"),
     Bool("allow_download"),
+    Rule(("dataset_mirrors",), lambda c, m: _mirrors_problem(c["dataset_mirrors"]) is None,
+         lambda c, m: _mirrors_problem(c["dataset_mirrors"])),
     Bool("trust_checkpoint"),
     Int("seed", 0),
     Bool("reproducibility"),

@@ -34,10 +34,11 @@ def test_cli_unknown_model_lists_models(tmp_path):
 
 
 def test_cli_missing_dataset_names_path_and_files(tmp_path):
-    out = cli(tmp_path, "--model=SoftmaxSASRec", "--dataset=ml-20m", f"--data_path={tmp_path}")
+    out = cli(tmp_path, "--model=SoftmaxSASRec", "--dataset=ml-20m", f"--data_path={tmp_path}",
+              "--allow_download=False")
     assert out.returncode == 2
-    assert "data_path" in out.stderr and "ml-20m.inter" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert f"{tmp_path}/ml-20m/ml-20m.inter" in out.stderr and "allow_download=False" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_cli_issue_table_one_line_per_error_before_data(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch.multiprocessing as mp
 
 import recbole_efficient
+from recbole_efficient.data.fetch import DatasetError
 from recbole_efficient.quick_start import run_recbole_efficient
 from recbole_efficient.validation import ConfigError
 
@@ -78,7 +79,7 @@ def test_bad_multi_process_settings_stop_before_any_worker(tiny, monkeypatch):
     with pytest.raises(ConfigError, match=r"group_offset=2 \+ nproc=2 exceeds world_size=3"):
         recbole_efficient.run("LRURec", TINY, config_dict=cfg(), nproc=2, world_size=3,
                               group_offset=2)
-    with pytest.raises(FileNotFoundError, match="not on disk"):
+    with pytest.raises(DatasetError, match="not on disk"):
         recbole_efficient.run("LRURec", "absent", config_dict=cfg(), nproc=2)
     # A GPU machine with fewer GPUs listed than processes (RecBole: bare AssertionError).
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)

@@ -6,6 +6,7 @@ import torch
 
 import recbole_efficient
 from recbole_efficient import load_data_and_model, run_recbole_efficient
+from recbole_efficient.data.fetch import DatasetError
 
 from conftest import TINY, StubDataset
 
@@ -56,26 +57,6 @@ def test_recbole_format_checkpoint_needs_trust(tiny):
     assert type(model2).__name__ == "SoftmaxSASRec"
 
 
-def test_plain_recbole_usage_with_our_model(tiny):
-    """import recbole_efficient, then RecBole's own Config/create_dataset/data_preparation/Trainer."""
-    from recbole.config import Config as RecBoleConfig
-    from recbole.data import create_dataset, data_preparation
-    from recbole.trainer import Trainer as RecBoleTrainer
-    from recbole_efficient.model import SoftmaxSASRec
-
-    _, cfg = tiny
-    config = RecBoleConfig(model=SoftmaxSASRec, dataset=TINY,
-                           config_file_list=recbole_efficient.model_config_files("SoftmaxSASRec"),
-                           config_dict=cfg())
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    model = SoftmaxSASRec(config, train.dataset)
-    trainer = RecBoleTrainer(config, model)
-    trainer.fit(train, valid, saved=False)
-    result = trainer.evaluate(test, load_best_model=False)
-    assert 0 <= result["ndcg@10"] <= 1
-
-
 def test_plain_recbole_config_without_our_yaml(tiny):
     """Model defaults come from our yaml even when RecBole's Config never read it."""
     from recbole.config import Config as RecBoleConfig
@@ -92,9 +73,10 @@ def test_plain_recbole_config_without_our_yaml(tiny):
 
 def test_missing_dataset_fails_fast(tiny):
     root, cfg = tiny
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DatasetError) as err:
         run_recbole_efficient("SoftmaxSASRec", "nowhere", config_dict=cfg(), read_cmd_line=False)
-    assert "data_path" in str(err.value) and "nowhere.inter" in str(err.value)
+    assert "--data_path" in str(err.value) and f"{root}/nowhere/nowhere.inter" in str(err.value)
+    assert "not one we can fetch by name" in str(err.value)
 
 
 def test_time_budget_stops_training(tiny):

@@ -8,7 +8,6 @@ item training, BERT4Rec) has one training row per window of at most ``MAX_ITEM_L
 items and the same evaluation rows; the masks are drawn per batch (:func:`cloze_mask`).
 """
 
-import os
 from logging import getLogger
 
 import numpy as np
@@ -18,7 +17,8 @@ from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType, ModelType, set_color
 
-from recbole_efficient.data.atomic import AtomicFilesMixin, check_headers
+from recbole_efficient.data.atomic import AtomicFilesMixin
+from recbole_efficient.data.fetch import ensure_dataset
 
 TARGET_SUFFIX = "_target"
 #: Training modes whose rows are user windows (no prefix augmentation).
@@ -56,23 +56,6 @@ def _window_spans(counts, width):
     return user, np.maximum(0, end - width), end
 
 
-def check_data_files(config):
-    """Fail fast, before any download attempt or training, when the atomic files are absent
-    or their headers lack what the model needs (see ``atomic.check_headers``)."""
-    name, path = config["dataset"], config["data_path"]
-    inter = os.path.join(path, f"{name}.inter")
-    if config["benchmark_filename"]:
-        return
-    if os.path.isfile(inter):
-        return check_headers(config)
-    raise FileNotFoundError(
-        f"Dataset '{name}' is not on disk: expected the RecBole atomic file {inter} "
-        f"(optionally {name}.user / {name}.item beside it) under data_path={path!r}. "
-        f"Point --data_path at the folder that holds a '{name}/' directory, e.g. "
-        f"--data_path=../shared/datasets, or place the files there."
-    )
-
-
 class SequentialDataset(AtomicFilesMixin, RecBoleSequentialDataset):
     """RecBole's SequentialDataset plus the ``all_positions`` training mode."""
 
@@ -81,9 +64,8 @@ class SequentialDataset(AtomicFilesMixin, RecBoleSequentialDataset):
         return self.config["train_mode"] or "augmented"
 
     def _download(self):
-        if self.config["allow_download"]:
-            return super()._download()
-        check_data_files(self.config)
+        # RecBole's downloader (url.yaml links, an interactive prompt) is never used.
+        ensure_dataset(self.config)
 
     def _change_feat_format(self):
         if self.train_mode in WINDOW_MODES:
@@ -244,8 +226,7 @@ def create_dataset(config):
     from recbole.data import create_dataset as recbole_create_dataset
     import recbole.data.dataset as rb_datasets
 
-    if not config["allow_download"]:
-        check_data_files(config)
+    ensure_dataset(config)
     model_specific = hasattr(rb_datasets, config["model"] + "Dataset")
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and not model_specific:
         dataset = SequentialDataset(config)

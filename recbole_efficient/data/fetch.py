@@ -1,0 +1,261 @@
+"""Datasets by name: fetch the publisher's archive (pinned SHA-256, mirrors in order), convert
+it to RecBole atomic files in a temporary folder, and move them into ``data_path/<name>/``.
+
+The atomic ``.inter`` file is moved last, so its presence means the dataset is complete: a
+killed download or conversion leaves at most a ``.downloads/`` or ``.<name>.partial/`` entry,
+which the next run removes before it starts again. Downloads go through pooch (hash check
+before the file takes its name, progress bars, HTTP via requests with TLS verification on).
+Every failure is a :class:`DatasetError` with one line saying what happened and what to do.
+"""
+
+import errno
+import os
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+from recbole_efficient.data.catalog import DATASETS, archive_urls, mirror_list
+from recbole_efficient.data.movielens import ArchiveLayoutError, convert_archive
+from recbole_efficient.data.stats import read_inter_stats
+
+__all__ = ["DatasetError", "ensure_dataset", "install_dataset", "known_names"]
+
+DOWNLOADS = ".downloads"
+
+
+class DatasetError(ValueError):
+    """A dataset is missing and cannot be fetched, or its fetch failed (one line)."""
+
+
+def known_names():
+    """Datasets fetched by name, plus ``ml-100k`` (RecBole's package ships it)."""
+    return ["ml-100k", *DATASETS]
+
+
+def _own_data_hint(name):
+    return (f"to use your own data, convert it with `recbole-efficient convert FILE --user=COL "
+            f"--item=COL --time=COL --name={name}` or place RecBole atomic files at "
+            f"<data_path>/{name}/{name}.inter")
+
+
+def _recbole_link(name):
+    import recbole
+    import yaml
+
+    urls = Path(recbole.__file__).resolve().parent / "properties" / "dataset" / "url.yaml"
+    return (yaml.safe_load(urls.read_text(encoding="utf-8")) or {}).get(name)
+
+
+def not_on_disk(name, folder, allow_download):
+    """The error for a dataset whose ``.inter`` file is absent and that is not fetched."""
+    inter = os.path.join(folder, f"{name}.inter")
+    where = f"Dataset '{name}' is not on disk (expected the RecBole atomic file {inter})"
+    if name in DATASETS and not allow_download:
+        return DatasetError(f"{where} and allow_download=False: drop --allow_download=False to "
+                            f"fetch it, or place {DATASETS[name].file} in "
+                            f"{os.path.join(os.path.dirname(folder), DOWNLOADS, name)}/ and "
+                            "run again with downloads on (nothing else is fetched then).")
+    link = _recbole_link(name)
+    known = "" if name in DATASETS else (
+        f" and it is not one we can fetch by name ({', '.join(known_names())})")
+    recbole = (f"; RecBole lists a processed copy at {link} (unverified: no published hash), "
+               f"which you may fetch by hand and unpack into {folder}/") if link else ""
+    return DatasetError(f"{where}{known}{recbole}; {_own_data_hint(name)}; or point "
+                        f"--data_path at the folder that holds a '{name}/' directory.")
+
+
+def ensure_dataset(config, log=None):
+    """Make sure ``config``'s dataset is on disk, fetching it by name when it is not.
+
+    Called before any log file, training or RecBole loading. Returns nothing; raises
+    :class:`DatasetError` (one line) or the atomic-file header errors of
+    :func:`~recbole_efficient.data.atomic.check_headers`.
+    """
+    from recbole_efficient.data.atomic import check_headers
+
+    if config["benchmark_filename"]:
+        return
+    name, folder = config["dataset"], config["data_path"]
+    if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+        if not config["allow_download"] or name not in DATASETS:
+            raise not_on_disk(name, folder, config["allow_download"])
+        install_dataset(name, os.path.dirname(os.path.normpath(folder)),
+                        mirrors=mirror_list(config["dataset_mirrors"]), log=log)
+    check_headers(config)
+
+
+def _say(log):
+    return log or (lambda message: print(message, file=sys.stderr, flush=True))
+
+
+def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
+    """Fetch, verify and convert dataset ``name`` into ``data_path/name/``; returns that folder.
+
+    ``mirrors``: URL prefixes (or local folders) tried before the publisher. ``progress``:
+    progress bars (default: when stderr is a terminal). Nothing is fetched when the folder
+    already holds ``name.inter``.
+    """
+    from filelock import FileLock
+
+    archive = DATASETS.get(name)
+    if archive is None:
+        raise not_on_disk(name, os.path.join(data_path, name), True)
+    say = _say(log)
+    progress = sys.stderr.isatty() if progress is None else progress
+    data_path = Path(data_path).resolve()
+    target = data_path / name
+    inter = target / f"{name}.inter"
+    downloads = data_path / DOWNLOADS / name
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+        # One fetch per dataset at a time (DDP ranks, Ray trials, two terminals).
+        with FileLock(str(downloads) + ".lock"):
+            if inter.is_file():
+                return target
+            for stale in downloads.iterdir():  # left by a killed download
+                if stale.name != archive.file:
+                    _remove(stale)
+            zip_path = _fetch(archive, downloads, mirrors, progress, say)
+            partial = data_path / f".{name}.partial"
+            _remove(partial)
+            try:
+                partial.mkdir()
+                say(f"Converting {archive.file} into RecBole atomic files ...")
+                try:
+                    convert_archive(archive, zip_path, partial, progress)
+                except (ArchiveLayoutError, zipfile.BadZipFile) as err:
+                    raise DatasetError(f"{zip_path} matches its pinned hash but cannot be "
+                                       f"converted ({err}); nothing was installed. Please "
+                                       "report this.") from None
+                _check_statistics(archive, partial / f"{name}.inter", zip_path)
+                _move_into(partial, target, inter.name)
+            finally:
+                _remove(partial)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DatasetError(
+                f"No space left on the device of {data_path} while preparing {name} (archive "
+                f"{archive.size / 1e6:,.0f} MB, its atomic files several times that); partial "
+                "files were removed. Free some space or use --data_path=<a larger disk>.") from None
+        raise
+    say(f"{name} is ready in {target} ({archive.terms})")
+    return target
+
+
+def _remove(path):
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _move_into(partial, target, last):
+    """Move the converted files into ``target``, the ``.inter`` file last."""
+    if not target.exists():
+        os.replace(partial, target)
+        return
+    files = sorted(partial.iterdir(), key=lambda f: f.name == last)
+    for file in files:
+        os.replace(file, target / file.name)
+
+
+def _check_statistics(archive, inter, zip_path):
+    stats = read_inter_stats(inter)
+    expected = {"interactions": archive.interactions, "users": archive.users,
+                "items": archive.items}
+    wrong = [f"{key} {getattr(stats, key):,} (published: {value:,})"
+             for key, value in expected.items() if value is not None
+             and getattr(stats, key) != value]
+    if wrong:
+        raise DatasetError(f"{archive.name}: the atomic files converted from {zip_path} have "
+                           f"{', '.join(wrong)}; nothing was installed. Please report this.")
+
+
+def _fetch(archive, downloads, mirrors, progress, say):
+    """The verified archive in ``downloads``: kept from an earlier run, or fetched from the
+    first address that delivers the pinned bytes."""
+    import pooch
+
+    pooch.get_logger().setLevel("WARNING")
+    target = downloads / archive.file
+    if target.is_file():
+        if pooch.file_hash(str(target)) == archive.sha256:
+            return target
+        target.unlink()  # not ours: fetched again below
+    failures = []
+    for url in archive_urls(archive, mirrors):
+        say(f"Downloading {archive.name} ({archive.file}, {archive.size / 1e6:,.1f} MB) "
+            f"from {url}")
+        try:
+            if _is_local(url):
+                _copy_local(url, target, archive.sha256)
+            else:
+                downloader = pooch.HTTPDownloader(progressbar=progress, timeout=30)
+                pooch.retrieve(url, archive.known_hash, fname=archive.file, path=downloads,
+                               downloader=downloader)
+            return target
+        except Exception as err:  # noqa: BLE001 - every address gets its reason, then the next
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                raise
+            failures.append(f"{url}: {_reason(err)}")
+            say(f"  failed: {_reason(err)}")
+    raise DatasetError(
+        f"Could not fetch {archive.name}: " + "; ".join(failures)
+        + f". To install it by hand, place {archive.file} (sha256 {archive.sha256}, "
+        f"{archive.size:,} bytes, from {archive.homepage}) in {downloads}/ and run again, or "
+        f"set --dataset_mirrors=[<URL or folder holding {archive.file}>]."
+        " Nothing was installed.")
+
+
+def _is_local(url):
+    return url.startswith("file://") or "://" not in url
+
+
+def _copy_local(url, target, sha256):
+    import pooch
+
+    source = Path(url[len("file://"):] if url.startswith("file://") else url).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file {source}")
+    partial = target.with_name(target.name + ".copying")
+    shutil.copyfile(source, partial)
+    got = pooch.file_hash(str(partial))
+    if got != sha256:
+        partial.unlink()
+        raise ValueError(f"does not match the known hash: expected {sha256} but got {got}")
+    os.replace(partial, target)
+
+
+def _reason(err):
+    """One short phrase for why an address failed."""
+    import requests
+
+    text = str(err)
+    if isinstance(err, ValueError) and "known hash" in text:
+        got = re.search(r"but got (\w+)", text)
+        expected = text.split("expected ")[-1].split()[0].removeprefix("sha256:")
+        return (f"checksum mismatch (expected sha256 {expected}"
+                f"{', got ' + got.group(1) if got else ''}); the file was deleted")
+    if isinstance(err, requests.exceptions.SSLError):
+        return "TLS certificate verification failed (never retried without verification)"
+    if isinstance(err, requests.exceptions.HTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code} {err.response.reason}"
+    if isinstance(err, requests.exceptions.Timeout):
+        return "timed out"
+    if isinstance(err, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in text:
+        return "the connection dropped before the whole file arrived"
+    if isinstance(err, requests.exceptions.ConnectionError):
+        for needle, why in (("Name or service not known", "host not found (offline?)"),
+                            ("Temporary failure in name resolution", "host not found (offline?)"),
+                            ("No address associated", "host not found (offline?)"),
+                            ("Connection refused", "connection refused"),
+                            ("Network is unreachable", "network unreachable (offline?)"),
+                            ("RemoteDisconnected", "the server closed the connection")):
+            if needle in text:
+                return why
+        return "cannot connect"
+    if isinstance(err, FileNotFoundError):
+        return str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
