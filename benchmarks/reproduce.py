@@ -314,9 +314,11 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
+    from recbole_efficient.data.fetch import DatasetError
+
     try:
-        checked = dataset_check(args)
-    except FileNotFoundError as err:  # before any run starts; no traceback
+        checked = dataset_check(args)  # fetches the dataset by name if it is missing
+    except (FileNotFoundError, DatasetError) as err:  # before any run starts; no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

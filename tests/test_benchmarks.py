@@ -360,10 +360,11 @@ def test_reproduce_without_the_dataset_says_where_it_looked(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main(["--data_path", str(tmp_path), "--models", "LRURec", "--out",
-                        str(tmp_path / "out")])
+                        str(tmp_path / "out"), "--allow_download=False"])
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
     assert err.startswith("error: Dataset 'ml-1m' is not on disk") and str(tmp_path) in err
+    assert "allow_download=False" in err
 
 
 def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny):
