@@ -5,9 +5,8 @@ public names below load their modules (torch, RecBole) on first use, so the comm
 ``--help``, ``download`` and ``convert`` start quickly.
 """
 
-import importlib
-
 from recbole_efficient import compat
+from recbole_efficient.lazy import lazy_getattr
 
 compat.install_numpy_aliases()
 
@@ -33,13 +32,7 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "model_config_files"]
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'recbole_efficient' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)
 
 
 def __dir__():

@@ -4,7 +4,7 @@
 first use; the fetching and conversion modules do not need them.
 """
 
-import importlib
+from recbole_efficient.lazy import lazy_getattr
 
 _PUBLIC = {
     "SequentialDataset": "recbole_efficient.data.dataset",
@@ -14,10 +14,4 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'recbole_efficient.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)
