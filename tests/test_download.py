@@ -9,6 +9,7 @@ import http.server
 import io
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -151,8 +152,7 @@ def pin(monkeypatch, server, name, data=None, publisher="publisher", mirror="mir
 def assert_nothing_installed(data_path, name):
     assert not (data_path / name).exists()
     assert not list(data_path.glob(f".{name}.partial*"))
-    downloads = data_path / fetch.DOWNLOADS / name
-    assert not downloads.exists() or not any(downloads.iterdir())
+    assert not (data_path / fetch.DOWNLOADS / name).exists()
 
 
 # -- conversion ---------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_wrong_hash_is_refused_and_leaves_nothing(server, tmp_path, monkeypatch)
     message = str(err.value)
     assert "\n" not in message
     assert f"checksum mismatch (expected sha256 {expected}, got " \
-           f"{hashlib.sha256(tampered).hexdigest()}); the file was deleted" in message
+           f"{hashlib.sha256(tampered).hexdigest()}); the downloaded copy was deleted" in message
     assert "/mirror/ml-1m.zip: HTTP 404" in message and "Nothing was installed" in message
     assert_nothing_installed(tmp_path, "ml-1m")
 
@@ -246,6 +246,14 @@ def test_mirrors_are_tried_in_order_and_a_verified_archive_is_not_fetched_again(
         file.unlink()
     install_dataset("ml-1m", tmp_path, log=lambda m: None)
     assert len(server.requests) == 3 and (tmp_path / "ml-1m" / "ml-1m.inter").is_file()
+    # An archive placed by hand with other bytes is named, removed and fetched again.
+    shutil.rmtree(tmp_path / "ml-1m")
+    (tmp_path / fetch.DOWNLOADS / "ml-1m" / "ml-1m.zip").write_bytes(tamper(data))
+    said.clear()
+    install_dataset("ml-1m", tmp_path, log=said.append)
+    assert "ml-1m.zip: checksum mismatch" in said[0] and "it was deleted" in said[0]
+    assert server.requests[3:] == ["/publisher/ml-1m.zip", "/mirror/ml-1m.zip"]
+    assert (tmp_path / "ml-1m" / "ml-1m.inter").is_file()
 
 
 def test_a_local_folder_mirror_is_hash_checked_too(server, tmp_path, monkeypatch):

@@ -140,6 +140,9 @@ def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
                 f"{archive.size / 1e6:,.0f} MB, its atomic files several times that); partial "
                 "files were removed. Free some space or use --data_path=<a larger disk>.") from None
         raise
+    finally:
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()  # a failed fetch leaves only its (empty) lock file
     say(f"{name} is ready in {target} ({archive.terms})")
     return target
 
@@ -180,11 +183,15 @@ def _fetch(archive, downloads, mirrors, progress, say):
 
     pooch.get_logger().setLevel("WARNING")
     target = downloads / archive.file
-    if target.is_file():
-        if pooch.file_hash(str(target)) == archive.sha256:
-            return target
-        target.unlink()  # not ours: fetched again below
     failures = []
+    if target.is_file():
+        got = pooch.file_hash(str(target))
+        if got == archive.sha256:
+            return target
+        target.unlink()  # not the pinned archive: fetched again below
+        failures.append(f"{target}: checksum mismatch (expected sha256 {archive.sha256}, got "
+                        f"{got}); it was deleted")
+        say(f"  {failures[-1]}")
     for url in archive_urls(archive, mirrors):
         say(f"Downloading {archive.name} ({archive.file}, {archive.size / 1e6:,.1f} MB) "
             f"from {url}")
@@ -237,7 +244,7 @@ def _reason(err):
         got = re.search(r"but got (\w+)", text)
         expected = text.split("expected ")[-1].split()[0].removeprefix("sha256:")
         return (f"checksum mismatch (expected sha256 {expected}"
-                f"{', got ' + got.group(1) if got else ''}); the file was deleted")
+                f"{', got ' + got.group(1) if got else ''}); the downloaded copy was deleted")
     if isinstance(err, requests.exceptions.SSLError):
         return "TLS certificate verification failed (never retried without verification)"
     if isinstance(err, requests.exceptions.HTTPError) and err.response is not None:
