@@ -8,9 +8,22 @@ import torch
 __all__ = ["ClipThenStep", "LazyAdam", "OptimizerChain"]
 
 
+def _touched_rows(grad):
+    """``(rows, values)`` of a row-sparse gradient, or of a dense one's non-zero rows."""
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    rows = grad.flatten(1).ne(0).any(1).nonzero().squeeze(1)
+    return rows, grad.index_select(0, rows)
+
+
 class LazyAdam(torch.optim.Optimizer):
     """Adam for parameters with sparse (row) gradients: only the rows in the gradient and
     their moments are updated, so a step costs O(rows touched), whatever the number of rows.
+
+    A dense gradient names its touched rows by their non-zero entries: multi-process
+    training adds a zero multiple of every parameter to the loss (RecBole's
+    ``sync_grad_loss``), which makes the bank's gradient dense.
 
     The update of a touched row is ``torch.optim.Adam``'s (no weight decay); rows absent from
     a gradient keep their parameters and moments, as in ``torch.optim.SparseAdam``. One
@@ -32,11 +45,7 @@ class LazyAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("LazyAdam needs sparse gradients (e.g. "
-                                       "nn.Embedding(sparse=True)); use Adam for dense ones.")
-                grad = param.grad.coalesce()
-                rows, values = grad.indices()[0], grad.values()
+                rows, values = _touched_rows(param.grad)
                 state = self.state[param]
                 if not state:
                     state["step"] = 0

@@ -19,6 +19,8 @@ CASES = [
     ("LRURec", {"train_mode": "all_positions", "lru_dropout_prob": 0.0}),
     ("SoftmaxSASRec", {"train_mode": "augmented", "attn_dropout_prob": 0.0}),
     ("SASRec", {"attn_dropout_prob": 0.0}),
+    # its memory bank: row-sparse gradients made dense by RecBole's zero-sum gradient sync
+    ("ELASTIC", {"attn_dropout_prob": 0.0, "memory_size": 256}),
 ]
 
 

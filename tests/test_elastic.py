@@ -1,6 +1,7 @@
 """ELASTIC: causality (retrieval included), padding, the lean last-position path, streaming,
 sparse memory gradients and their optimiser, config errors, checkpoints, and learning."""
 
+import copy
 from functools import partial
 
 import pytest
@@ -277,9 +278,19 @@ def test_lazy_adam_is_adam_on_the_rows_it_sees():
                                rtol=1e-12)
     assert torch.equal(lazy_param.detach()[4:], table[4:])
     assert torch.count_nonzero(lazy.state[lazy_param]["exp_avg"][4:]) == 0
-    lazy_param.grad = torch.ones(6, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="sparse gradients"):
-        lazy.step()
+    # A dense gradient (multi-process training's zero-sum sync) updates its non-zero rows
+    # exactly as the same rows given sparse.
+    twin = torch.nn.Parameter(lazy_param.detach().clone())
+    twin_opt = LazyAdam([twin], lr=0.1)
+    twin_opt.load_state_dict(copy.deepcopy(lazy.state_dict()))
+    rows = torch.tensor([1, 4])
+    values = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    lazy_param.grad = torch.sparse_coo_tensor(rows[None], values, (6, 3))
+    twin.grad = torch.zeros(6, 3, dtype=torch.float64).index_add_(0, rows, values)
+    lazy.step()
+    twin_opt.step()
+    assert torch.equal(twin.detach(), lazy_param.detach())
+    assert torch.equal(twin_opt.state[twin]["exp_avg"], lazy.state[lazy_param]["exp_avg"])
 
 
 def test_optimizer_groups_and_trainer_optimizer(tmp_path, monkeypatch):
