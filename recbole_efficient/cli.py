@@ -39,6 +39,8 @@ def main(argv=None):
         print(_overview())
         return 0
     if argv and argv[0] in SUBCOMMANDS:
+        if sys.argv[1:2] == argv[:1]:  # RecBole's Config reads sys.argv: drop the sub-command
+            del sys.argv[1]
         return SUBCOMMANDS[argv[0]][1](argv[1:])
     if argv and not argv[0].startswith("-"):
         print(f"error: unknown sub-command {argv[0]!r}; choose one of "

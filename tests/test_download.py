@@ -288,14 +288,17 @@ def test_a_killed_download_leaves_no_dataset_and_the_next_run_starts_clean(serve
         f"sha256={entry.sha256!r}, size={entry.size}, urls={entry.urls!r})\n"
         f"fetch.install_dataset('ml-1m', {str(tmp_path)!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     downloads = tmp_path / fetch.DOWNLOADS / "ml-1m"
     deadline = time.time() + 120
     while not (downloads.is_dir() and any(downloads.iterdir())) and time.time() < deadline:
         time.sleep(0.05)  # until the download has started writing
+    assert proc.poll() is None, proc.communicate()[1][-2000:]  # killed mid-download
     proc.kill()
     proc.wait()
-    assert not (tmp_path / "ml-1m").exists() and not (downloads / "ml-1m.zip").exists()
+    assert server.requests == ["/publisher/ml-1m.zip"]
+    assert list(downloads.iterdir()) and not (downloads / "ml-1m.zip").exists()  # a leftover
+    assert not (tmp_path / "ml-1m").exists()
     server.delay = 0.0
     install_dataset("ml-1m", tmp_path, log=lambda m: None)
     assert sorted(p.name for p in downloads.iterdir()) == ["ml-1m.zip"]  # leftovers removed
@@ -343,21 +346,32 @@ def test_unknown_names_list_the_known_ones(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "download", "ml-3m", f"--data_path={tmp_path}")
     assert code == 2 and "ml-1m, ml-10m, ml-20m, ml-25m, ml-32m" in err
     assert "recbole-efficient convert FILE" in err and "Traceback" not in err
-    code, _, err = run_cli(monkeypatch, capsys, "--model=SoftmaxSASRec", "--dataset=mydata",
-                           f"--data_path={tmp_path}")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--model=SoftmaxSASRec",
+                           "--dataset=mydata", f"--data_path={tmp_path}")
     assert code == 2 and "is not one we can fetch by name (ml-100k, ml-1m" in err
-    assert "recbole-efficient convert FILE" in err and len(err.strip().splitlines()) == 1
+    assert f"--name=mydata --data_path={tmp_path}`" in err
+    assert len(err.strip().splitlines()) == 1  # RecBole did not warn about the "train" word
+
+
+def test_a_data_path_that_cannot_be_written_is_one_line(server, tmp_path, monkeypatch, capsys):
+    pin(monkeypatch, server, "ml-1m")
+    not_a_folder = tmp_path / "afile"
+    not_a_folder.write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, "--model=SoftmaxSASRec", "--dataset=ml-1m",
+                           f"--data_path={not_a_folder}")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"Cannot prepare ml-1m under {not_a_folder}" in err and server.requests == []
 
 
 def test_allow_download_false_never_opens_a_socket(tmp_path, monkeypatch, capsys):
     opened = []
-    real_connect = socket.socket.connect
 
-    def recording_connect(self, address):
-        opened.append(address)
-        return real_connect(self, address)
+    def refuse(*args, **kwargs):  # never reaches a real host, even if the code regressed
+        opened.append(args)
+        raise OSError("network use in a test that must not touch it")
 
-    monkeypatch.setattr(socket.socket, "connect", recording_connect)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     code, _, err = run_cli(monkeypatch, capsys, "--model=SoftmaxSASRec", "--dataset=ml-1m",
                            f"--data_path={tmp_path}", "--allow_download=False")
     assert code == 2 and opened == []

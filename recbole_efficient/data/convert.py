@@ -6,13 +6,13 @@ temporary folder renamed when complete) and returns the log's :class:`InterStats
 be numbers (seconds, or any increasing number) or dates/datetimes, which become Unix seconds.
 """
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from recbole_efficient.data.fetch import publish
 from recbole_efficient.data.stats import inter_stats
 
 __all__ = ["ConvertError", "FORMATS", "convert_log", "read_log"]
@@ -161,8 +161,7 @@ def convert_log(path, user, item, time, rating=None, name=None, data_path="datas
     try:
         partial.mkdir(parents=True)
         out.to_csv(partial / f"{name}.inter", sep="\t", index=False, float_format="%.15g")
-        target.mkdir(parents=True, exist_ok=True)
-        os.replace(partial / f"{name}.inter", target / f"{name}.inter")
+        publish(partial, target, f"{name}.inter")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target, inter_stats(out["user_id:token"].to_numpy(), out["item_id:token"].to_numpy())

@@ -34,10 +34,10 @@ def known_names():
     return ["ml-100k", *DATASETS]
 
 
-def _own_data_hint(name):
+def _own_data_hint(name, data_path):
     return (f"to use your own data, convert it with `recbole-efficient convert FILE --user=COL "
-            f"--item=COL --time=COL --name={name}` or place RecBole atomic files at "
-            f"<data_path>/{name}/{name}.inter")
+            f"--item=COL --time=COL --name={name} --data_path={data_path}` or place RecBole "
+            f"atomic files at {os.path.join(data_path, name, name + '.inter')}")
 
 
 def _recbole_link(name):
@@ -57,13 +57,17 @@ def not_on_disk(name, folder, allow_download):
                             f"fetch it, or place {DATASETS[name].file} in "
                             f"{os.path.join(os.path.dirname(folder), DOWNLOADS, name)}/ and "
                             "run again with downloads on (nothing else is fetched then).")
+    if name == "ml-100k":  # RecBole's Config always reads it from RecBole's package
+        return DatasetError(f"{where}: RecBole's package copy of ml-100k is missing; reinstall "
+                            "recbole (pip install --force-reinstall recbole==1.2.1).")
     link = _recbole_link(name)
     known = "" if name in DATASETS else (
         f" and it is not one we can fetch by name ({', '.join(known_names())})")
     recbole = (f"; RecBole lists a processed copy at {link} (unverified: no published hash), "
                f"which you may fetch by hand and unpack into {folder}/") if link else ""
-    return DatasetError(f"{where}{known}{recbole}; {_own_data_hint(name)}; or point "
-                        f"--data_path at the folder that holds a '{name}/' directory.")
+    hint = _own_data_hint(name, os.path.dirname(folder))
+    return DatasetError(f"{where}{known}{recbole}; {hint}; or point --data_path at the folder "
+                        f"that holds a '{name}/' directory.")
 
 
 def ensure_dataset(config, log=None):
@@ -130,7 +134,7 @@ def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
                                        f"converted ({err}); nothing was installed. Please "
                                        "report this.") from None
                 _check_statistics(archive, partial / f"{name}.inter", zip_path)
-                _move_into(partial, target, inter.name)
+                publish(partial, target, inter.name)
             finally:
                 _remove(partial)
     except OSError as err:
@@ -139,7 +143,11 @@ def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
                 f"No space left on the device of {data_path} while preparing {name} (archive "
                 f"{archive.size / 1e6:,.0f} MB, its atomic files several times that); partial "
                 "files were removed. Free some space or use --data_path=<a larger disk>.") from None
-        raise
+        raise DatasetError(
+            f"Cannot prepare {name} under {data_path}: {err.strerror or err} "
+            f"({err.filename or data_path}); nothing was installed. Use --data_path=<a folder "
+            "you can write to>, or place the atomic files there and use --allow_download=False."
+        ) from None
     finally:
         if downloads.is_dir() and not any(downloads.iterdir()):
             downloads.rmdir()  # a failed fetch leaves only its (empty) lock file
@@ -154,7 +162,7 @@ def _remove(path):
         path.unlink()
 
 
-def _move_into(partial, target, last):
+def publish(partial, target, last):
     """Move the converted files into ``target``, the ``.inter`` file last."""
     if not target.exists():
         os.replace(partial, target)
@@ -227,12 +235,14 @@ def _copy_local(url, target, sha256):
     if not source.is_file():
         raise FileNotFoundError(f"no such file {source}")
     partial = target.with_name(target.name + ".copying")
-    shutil.copyfile(source, partial)
-    got = pooch.file_hash(str(partial))
-    if got != sha256:
-        partial.unlink()
-        raise ValueError(f"does not match the known hash: expected {sha256} but got {got}")
-    os.replace(partial, target)
+    try:
+        shutil.copyfile(source, partial)
+        got = pooch.file_hash(str(partial))
+        if got != sha256:
+            raise ValueError(f"does not match the known hash: expected {sha256} but got {got}")
+        os.replace(partial, target)
+    finally:
+        _remove(partial)
 
 
 def _reason(err):
