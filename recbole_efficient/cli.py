@@ -171,7 +171,7 @@ def download(argv):
             print(f"{name}: {folder}")
             for line in read_inter_stats(folder / f"{name}.inter").lines():
                 print(f"  {line}")
-    except (DatasetError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # DatasetError and a bad dataset_mirrors value
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -368,7 +368,8 @@ def build_optimizer(model, learner, learning_rate, weight_decay):
     trainable parameters if the model has no groups); the trainer and the benchmarks use it.
 
     A group flagged ``sparse: True`` holds parameters that can take row-sparse gradients
-    (ELASTIC's memory bank; the model is switched to them, ``use_sparse_gradients``): it gets :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
+    (ELASTIC's memory bank; the model is switched to them, ``use_sparse_gradients``): it gets
+    :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
     (default 1) x ``learning_rate``, without weight decay, which updates only the rows in the
     gradient and their moments, so a step costs the same whatever the number of rows. The
     result is then an :class:`~recbole_efficient.optim.OptimizerChain` of the two.

@@ -6,13 +6,12 @@ temporary folder renamed when complete) and returns the log's :class:`InterStats
 be numbers (seconds, or any increasing number) or dates/datetimes, which become Unix seconds.
 """
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recbole_efficient.data.fetch import publish
+from recbole_efficient.data.fetch import publish, staged
 from recbole_efficient.data.stats import inter_stats
 
 __all__ = ["ConvertError", "FORMATS", "convert_log", "read_log"]
@@ -156,12 +155,7 @@ def convert_log(path, user, item, time, rating=None, name=None, data_path="datas
         out["rating:float"] = _ratings(frame[rating], rating, path)
     out["timestamp:float"] = _seconds(frame[time], time, path)
 
-    partial = target.parent / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
+    with staged(target.parent, name) as partial:
         out.to_csv(partial / f"{name}.inter", sep="\t", index=False, float_format="%.15g")
         publish(partial, target, f"{name}.inter")
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target, inter_stats(out["user_id:token"].to_numpy(), out["item_id:token"].to_numpy())

@@ -14,19 +14,28 @@ import re
 import shutil
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from recbole_efficient.data.catalog import DATASETS, archive_urls, mirror_list
 from recbole_efficient.data.movielens import ArchiveLayoutError, convert_archive
 from recbole_efficient.data.stats import read_inter_stats
 
-__all__ = ["DatasetError", "ensure_dataset", "install_dataset", "known_names"]
+__all__ = ["ChecksumMismatch", "DatasetError", "ensure_dataset", "install_dataset", "known_names",
+           "publish", "staged"]
 
 DOWNLOADS = ".downloads"
 
 
 class DatasetError(ValueError):
     """A dataset is missing and cannot be fetched, or its fetch failed (one line)."""
+
+
+class ChecksumMismatch(ValueError):
+    """A file whose SHA-256 is not the pinned one."""
+
+    def __init__(self, expected, got):
+        super().__init__(f"checksum mismatch (expected sha256 {expected}, got {got})")
 
 
 def known_names():
@@ -122,10 +131,7 @@ def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
                 if stale.name != archive.file:
                     _remove(stale)
             zip_path = _fetch(archive, downloads, mirrors, progress, say)
-            partial = data_path / f".{name}.partial"
-            _remove(partial)
-            try:
-                partial.mkdir()
+            with staged(data_path, name) as partial:
                 say(f"Converting {archive.file} into RecBole atomic files ...")
                 try:
                     convert_archive(archive, zip_path, partial, progress)
@@ -135,8 +141,6 @@ def install_dataset(name, data_path, mirrors=(), progress=None, log=None):
                                        "report this.") from None
                 _check_statistics(archive, partial / f"{name}.inter", zip_path)
                 publish(partial, target, inter.name)
-            finally:
-                _remove(partial)
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise DatasetError(
@@ -160,6 +164,19 @@ def _remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
         path.unlink()
+
+
+@contextmanager
+def staged(data_path, name):
+    """A fresh, empty ``data_path/.<name>.partial/`` to write a dataset into; removed on the
+    way out, with whatever :func:`publish` did not move."""
+    partial = Path(data_path) / f".{name}.partial"
+    _remove(partial)  # left by a killed run
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    finally:
+        _remove(partial)
 
 
 def publish(partial, target, last):
@@ -197,8 +214,7 @@ def _fetch(archive, downloads, mirrors, progress, say):
         if got == archive.sha256:
             return target
         target.unlink()  # not the pinned archive: fetched again below
-        failures.append(f"{target}: checksum mismatch (expected sha256 {archive.sha256}, got "
-                        f"{got}); it was deleted")
+        failures.append(f"{target}: {ChecksumMismatch(archive.sha256, got)}; it was deleted")
         say(f"  {failures[-1]}")
     for url in archive_urls(archive, mirrors):
         say(f"Downloading {archive.name} ({archive.file}, {archive.size / 1e6:,.1f} MB) "
@@ -239,7 +255,7 @@ def _copy_local(url, target, sha256):
         shutil.copyfile(source, partial)
         got = pooch.file_hash(str(partial))
         if got != sha256:
-            raise ValueError(f"does not match the known hash: expected {sha256} but got {got}")
+            raise ChecksumMismatch(sha256, got)
         os.replace(partial, target)
     finally:
         _remove(partial)
@@ -250,11 +266,11 @@ def _reason(err):
     import requests
 
     text = str(err)
-    if isinstance(err, ValueError) and "known hash" in text:
-        got = re.search(r"but got (\w+)", text)
-        expected = text.split("expected ")[-1].split()[0].removeprefix("sha256:")
-        return (f"checksum mismatch (expected sha256 {expected}"
-                f"{', got ' + got.group(1) if got else ''}); the downloaded copy was deleted")
+    pooch_check = re.search(r"known hash: expected (?:sha256:)?(\w+) but got (\w+)", text)
+    if isinstance(err, ValueError) and pooch_check:
+        err = ChecksumMismatch(*pooch_check.groups())
+    if isinstance(err, ChecksumMismatch):
+        return f"{err}; the downloaded copy was deleted"
     if isinstance(err, requests.exceptions.SSLError):
         return "TLS certificate verification failed (never retried without verification)"
     if isinstance(err, requests.exceptions.HTTPError) and err.response is not None:
