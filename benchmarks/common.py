@@ -183,7 +183,7 @@ def build_model(name, max_len, n_items, overrides=None, train_mode=None, device=
 
 def build_optimizer(model, config):
     """The optimiser our trainer builds from ``learner`` / ``learning_rate`` / ``weight_decay``."""
-    from recbole_efficient.trainer import build_optimizer as trainer_optimizer
+    from recbole_efficient.optim import build_optimizer as trainer_optimizer
 
     return trainer_optimizer(model, config["learner"], config["learning_rate"],
                              config["weight_decay"])

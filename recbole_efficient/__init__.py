@@ -19,6 +19,7 @@ _PUBLIC = {
     "create_dataset": "recbole_efficient.data",
     "data_preparation": "recbole_efficient.data",
     "MODELS": "recbole_efficient.model",
+    "model_config_files": "recbole_efficient.properties",
     "EfficientSequentialRecommender": "recbole_efficient.model",
     "Trainer": "recbole_efficient.trainer",
     "get_model": "recbole_efficient.utils",
@@ -30,18 +31,10 @@ _PUBLIC = {
     "tune_model": "recbole_efficient.tune",  # imports Ray only when called
 }
 
-__all__ = [*_PUBLIC, "model_config_files"]
+__all__ = list(_PUBLIC)
 
 __getattr__ = lazy_getattr(__name__, _PUBLIC)
 
 
 def __dir__():
     return sorted(__all__ + ["__version__"])
-
-
-def model_config_files(model_name):
-    """Our yaml files for ``model_name``, for RecBole's own ``Config(config_file_list=...)``."""
-    from recbole_efficient.config import properties_dir
-
-    files = [properties_dir() / "overall.yaml", properties_dir() / "model" / f"{model_name}.yaml"]
-    return [str(f) for f in files if f.is_file()]

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from recbole.utils import get_local_time
 
+from recbole_efficient.config import Config
+from recbole_efficient.model import get_model
+
 FORMAT = "recbole_efficient/1"
 BEST = "best.pth"
 LATEST = "latest.pth"
@@ -146,3 +149,44 @@ def load_checkpoint(path, map_location="cpu", trust_checkpoint=False):
                 "with trust_checkpoint=True (CLI: --trust_checkpoint=True)."
             ) from err
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+#: Inputs that describe the processes of a run, not the run itself (set again by ``run``).
+_PROCESS_KEYS = ("local_rank", "world_size", "nproc", "ip", "port", "offset")
+
+
+def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=None,
+                           config_file_list=None, read_cmd_line=False):
+    """Rebuild the training Config from a checkpoint's plain-data config.
+
+    ``config_dict`` (and the command line when ``read_cmd_line``) override the saved inputs;
+    ``model``/``dataset``, when given, must match the checkpoint's.
+    """
+    saved = checkpoint["config"]
+    if isinstance(saved, dict):
+        for key, given in (("model", model), ("dataset", dataset)):
+            if given is not None and given != saved[key]:
+                raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
+                                 f"{given}: drop --{key} when resuming, or give another checkpoint.")
+        inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
+        inputs.update(config_dict or {})
+        config = Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
+                        config_file_list=config_file_list, read_cmd_line=read_cmd_line)
+        _checkpoint_defaults(config, saved.get("final") or {})
+        return config
+    # A trusted RecBole-format checkpoint holds the Config object itself.
+    _checkpoint_defaults(saved, saved.final_config_dict)
+    for key, value in (config_dict or {}).items():
+        saved[key] = value
+    return saved
+
+
+def _checkpoint_defaults(config, saved_keys):
+    """Keys the model gained after a checkpoint was saved (absent from ``saved_keys``) get the
+    value the checkpoint was trained with, unless this run sets them (``config_dict``, a yaml
+    file or the command line)."""
+    defaults = getattr(get_model(config["model"]), "checkpoint_defaults", {})
+    given = getattr(config, "external_config_dict", {}) or {}
+    for key, value in defaults.items():
+        if key not in saved_keys and key not in given:
+            config[key] = value

@@ -3,27 +3,18 @@
 import functools
 import sys
 from logging import getLogger
-from pathlib import Path
 
-import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
-from recbole.utils import ModelType
+from recbole.utils import ModelType, argument_list
 
 from recbole_efficient import compat, distributed
+from recbole_efficient.model import MODELS, get_model, is_efficient_model
+from recbole_efficient.properties import properties_dir, recbole_properties_dir
 from recbole_efficient.validation import (BASELINE_SPECS, COMMON_SPEC, Choice, ConfigError, Rule,
                                           collect_spec, likely_typos, spec_keys, validate)
 
 TRAIN_MODES = ("augmented", "all_positions", "cloze")
-
-
-def properties_dir() -> Path:
-    """``properties/`` of a source checkout, else the copy packaged inside the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "properties", here / "properties"):
-        if (candidate / "overall.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"recbole_efficient properties/ not found next to {here}")
 
 
 class Config(RecBoleConfig):
@@ -64,8 +55,6 @@ class Config(RecBoleConfig):
         return cmd
 
     def _get_model_and_dataset(self, model, dataset):
-        from recbole_efficient.utils import get_model
-
         if model is None:
             model = self.external_config_dict.get("model")
             if model is None:
@@ -78,8 +67,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        props = properties_dir()
-        rb_props = Path(recbole.__file__).resolve().parent / "properties"
+        props, rb_props = properties_dir(), recbole_properties_dir()
         layered = [
             props / "overall.yaml",
             props / "model" / f"{model}.yaml",
@@ -130,21 +118,15 @@ class Config(RecBoleConfig):
             super()._init_device()
 
 
-def _is_efficient(model_class):
-    from recbole_efficient.model.base import EfficientSequentialRecommender
-
-    return isinstance(model_class, type) and issubclass(model_class, EfficientSequentialRecommender)
-
-
 def supported_train_modes(model_class, cfg):
     """Training modes ``model_class`` can use with this config (RecBole's models: augmented)."""
-    return model_class.train_modes(cfg) if _is_efficient(model_class) else ("augmented",)
+    return model_class.train_modes(cfg) if is_efficient_model(model_class) else ("augmented",)
 
 
 def _train_mode_message(cfg, model_class):
     mode, name = cfg["train_mode"], cfg["model"]
     modes = supported_train_modes(model_class, cfg)
-    if mode == "all_positions" and not _is_efficient(model_class):
+    if mode == "all_positions" and not is_efficient_model(model_class):
         why = (f"train_mode=all_positions needs a model built on recbole_efficient's base; "
                f"{name} trains only in RecBole's augmented mode")
     elif mode == "all_positions" and not model_class.is_causal(cfg):
@@ -208,13 +190,8 @@ _RUN_KEYS = ("model", "dataset", "config_files", "nproc", "world_size", "ip", "p
 def known_keys():
     """Every key RecBole or we know: all yaml files (RecBole's and ours), RecBole's argument
     lists, every declared spec, and the run flags."""
-    from recbole.utils import argument_list
-
-    from recbole_efficient.model import MODELS
-
     names = set(_RUN_KEYS)
-    rb_props = Path(recbole.__file__).resolve().parent / "properties"
-    for file in [*rb_props.rglob("*.yaml"), *properties_dir().rglob("*.yaml")]:
+    for file in [*recbole_properties_dir().rglob("*.yaml"), *properties_dir().rglob("*.yaml")]:
         if file.name not in ("url.yaml", "kg_url.yaml"):  # dataset names -> download links
             names.update(yaml.safe_load(file.read_text(encoding="utf-8")) or {})
     for group in ("general_arguments", "training_arguments", "evaluation_arguments",

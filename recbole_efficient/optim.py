@@ -1,11 +1,11 @@
-"""Optimisers for models with a sparse parameter group (ELASTIC's memory bank); built by
-``recbole_efficient.trainer.build_optimizer``."""
+"""The optimiser of a model's parameter groups (:func:`build_optimizer`), and the optimisers
+it needs for a sparse group (ELASTIC's memory bank)."""
 
 import math
 
 import torch
 
-__all__ = ["ClipThenStep", "LazyAdam", "OptimizerChain"]
+__all__ = ["ClipThenStep", "LazyAdam", "OptimizerChain", "build_optimizer"]
 
 
 def _touched_rows(grad):
@@ -124,3 +124,38 @@ class ClipThenStep:
         if name == "optimizer":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.optimizer, name)
+
+
+def build_optimizer(model, learner, learning_rate, weight_decay):
+    """RecBole's optimiser for ``learner`` over ``model.optimizer_groups(weight_decay)`` (all
+    trainable parameters if the model has no groups); the trainer and the benchmarks use it.
+
+    A group flagged ``sparse: True`` holds parameters that can take row-sparse gradients
+    (ELASTIC's memory bank; the model is switched to them, ``use_sparse_gradients``): it gets
+    :class:`LazyAdam` at ``lr_scale``
+    (default 1) x ``learning_rate``, without weight decay, which updates only the rows in the
+    gradient and their moments, so a step costs the same whatever the number of rows. The
+    result is then an :class:`OptimizerChain` of the two.
+    """
+    weight_decay = weight_decay or 0.0
+    groups = (model.optimizer_groups(weight_decay) if hasattr(model, "optimizer_groups")
+              else [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    dense, sparse = [], []
+    for group in groups:
+        group = dict(group)
+        group["lr"] = learning_rate * group.pop("lr_scale", 1.0)
+        (sparse if group.pop("sparse", False) else dense).append(group)
+    learner = str(learner).lower()
+    if sparse and hasattr(model, "use_sparse_gradients"):
+        model.use_sparse_gradients(True)  # the optimisers below take row-sparse gradients
+    if learner == "sparse_adam":  # RecBole's meaning: SparseAdam for every parameter
+        return torch.optim.SparseAdam(dense + sparse, lr=learning_rate)
+    learners = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+    optimizers = []
+    if dense:
+        optimizers.append(learners.get(learner, torch.optim.Adam)(
+            dense, lr=learning_rate, weight_decay=weight_decay))
+    if sparse:
+        optimizers.append(LazyAdam(sparse, lr=learning_rate))
+    return optimizers[0] if len(optimizers) == 1 else OptimizerChain(optimizers)

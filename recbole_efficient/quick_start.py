@@ -9,7 +9,8 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_seed, set_color
 
 from recbole_efficient import distributed
-from recbole_efficient.checkpoint import UnsafeCheckpointError, load_checkpoint, resume_file
+from recbole_efficient.checkpoint import (UnsafeCheckpointError, config_from_checkpoint,
+                                         load_checkpoint, resume_file)
 from recbole_efficient.config import Config
 from recbole_efficient.data import create_dataset, data_preparation
 from recbole_efficient.data.fetch import ensure_dataset
@@ -148,47 +149,6 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
                               {"config_dict": config_dict, "queue": queue, "resume": resume}),
              nprocs=nproc, join=True)
     return None if queue.empty() else queue.get()
-
-
-#: Inputs that describe the processes of a run, not the run itself (set again by ``run``).
-_PROCESS_KEYS = ("local_rank", "world_size", "nproc", "ip", "port", "offset")
-
-
-def config_from_checkpoint(checkpoint, config_dict=None, model=None, dataset=None,
-                           config_file_list=None, read_cmd_line=False):
-    """Rebuild the training Config from a checkpoint's plain-data config.
-
-    ``config_dict`` (and the command line when ``read_cmd_line``) override the saved inputs;
-    ``model``/``dataset``, when given, must match the checkpoint's.
-    """
-    saved = checkpoint["config"]
-    if isinstance(saved, dict):
-        for key, given in (("model", model), ("dataset", dataset)):
-            if given is not None and given != saved[key]:
-                raise ValueError(f"The checkpoint was trained with {key}={saved[key]}, not "
-                                 f"{given}: drop --{key} when resuming, or give another checkpoint.")
-        inputs = {k: v for k, v in saved["inputs"].items() if k not in _PROCESS_KEYS}
-        inputs.update(config_dict or {})
-        config = Config(model=saved["model"], dataset=saved["dataset"], config_dict=inputs,
-                        config_file_list=config_file_list, read_cmd_line=read_cmd_line)
-        _checkpoint_defaults(config, saved.get("final") or {})
-        return config
-    # A trusted RecBole-format checkpoint holds the Config object itself.
-    _checkpoint_defaults(saved, saved.final_config_dict)
-    for key, value in (config_dict or {}).items():
-        saved[key] = value
-    return saved
-
-
-def _checkpoint_defaults(config, saved_keys):
-    """Keys the model gained after a checkpoint was saved (absent from ``saved_keys``) get the
-    value the checkpoint was trained with, unless this run sets them (``config_dict``, a yaml
-    file or the command line)."""
-    defaults = getattr(get_model(config["model"]), "checkpoint_defaults", {})
-    given = getattr(config, "external_config_dict", {}) or {}
-    for key, value in defaults.items():
-        if key not in saved_keys and key not in given:
-            config[key] = value
 
 
 def load_data_and_model(model_file, trust_checkpoint=False, config_dict=None):

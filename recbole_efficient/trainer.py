@@ -15,7 +15,7 @@ from recbole_efficient import distributed
 from recbole_efficient.checkpoint import (BEST, LATEST, config_state, load_checkpoint,
                                           make_run_dir, resume_file, rng_state, save_checkpoint,
                                           set_rng_state)
-from recbole_efficient.optim import ClipThenStep, LazyAdam, OptimizerChain
+from recbole_efficient.optim import ClipThenStep, build_optimizer
 
 
 class _BudgetExhausted(Exception):
@@ -361,38 +361,3 @@ def get_trainer(model_type, model_name):
     if base is RecBoleTrainer:
         return Trainer
     return type(base.__name__, (EfficientTrainerMixin, base), {})
-
-
-def build_optimizer(model, learner, learning_rate, weight_decay):
-    """RecBole's optimiser for ``learner`` over ``model.optimizer_groups(weight_decay)`` (all
-    trainable parameters if the model has no groups); the trainer and the benchmarks use it.
-
-    A group flagged ``sparse: True`` holds parameters that can take row-sparse gradients
-    (ELASTIC's memory bank; the model is switched to them, ``use_sparse_gradients``): it gets
-    :class:`~recbole_efficient.optim.LazyAdam` at ``lr_scale``
-    (default 1) x ``learning_rate``, without weight decay, which updates only the rows in the
-    gradient and their moments, so a step costs the same whatever the number of rows. The
-    result is then an :class:`~recbole_efficient.optim.OptimizerChain` of the two.
-    """
-    weight_decay = weight_decay or 0.0
-    groups = (model.optimizer_groups(weight_decay) if hasattr(model, "optimizer_groups")
-              else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    dense, sparse = [], []
-    for group in groups:
-        group = dict(group)
-        group["lr"] = learning_rate * group.pop("lr_scale", 1.0)
-        (sparse if group.pop("sparse", False) else dense).append(group)
-    learner = str(learner).lower()
-    if sparse and hasattr(model, "use_sparse_gradients"):
-        model.use_sparse_gradients(True)  # the optimisers below take row-sparse gradients
-    if learner == "sparse_adam":  # RecBole's meaning: SparseAdam for every parameter
-        return torch.optim.SparseAdam(dense + sparse, lr=learning_rate)
-    learners = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-                "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
-    optimizers = []
-    if dense:
-        optimizers.append(learners.get(learner, torch.optim.Adam)(
-            dense, lr=learning_rate, weight_decay=weight_decay))
-    if sparse:
-        optimizers.append(LazyAdam(sparse, lr=learning_rate))
-    return optimizers[0] if len(optimizers) == 1 else OptimizerChain(optimizers)

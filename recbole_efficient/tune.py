@@ -34,7 +34,8 @@ import yaml
 from recbole.evaluator.register import metric_information
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_efficient.config import Config, properties_dir
+from recbole_efficient.config import Config
+from recbole_efficient.properties import parse_values, properties_dir, yaml_loader
 
 KINDS = ("choice", "grid", "uniform", "quniform", "loguniform", "randint")
 _N_ARGS = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
@@ -110,10 +111,8 @@ def _make_dim(kind, values, where, log_exponents=False):
 
 
 def _parse_yaml(path, text):
-    from recbole_efficient.model.base import _yaml_loader
-
     try:
-        data = yaml.load(text, Loader=_yaml_loader())
+        data = yaml.load(text, Loader=yaml_loader())
     except yaml.YAMLError as err:
         raise SweepError(f"{path}: not valid YAML ({err}).") from None
     if not isinstance(data, dict):
@@ -747,10 +746,7 @@ def main(argv=None):
     bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are --key=value)")
-    from recbole.config import Config as RecBoleConfig
-
-    # --key=value overrides, typed the way RecBole types command-line values.
-    overrides = RecBoleConfig._convert_config_dict(None, dict(a[2:].split("=", 1) for a in extra))
+    overrides = parse_values(a[2:].split("=", 1) for a in extra)
     try:
         sweep = tune_model(
             args.model, args.dataset, args.space,

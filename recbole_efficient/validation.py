@@ -13,6 +13,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
+from recbole_efficient.data.catalog import mirror_list
+
 __all__ = ["ConfigError", "Key", "Rule", "Int", "Float", "Prob", "Bool", "Choice",
            "collect_spec", "validate", "spec_keys", "likely_typos", "COMMON_SPEC", "EFFICIENT_SPEC",
            "TRANSFORMER_SPEC", "BASELINE_SPECS"]
@@ -227,8 +229,6 @@ def likely_typos(given, known):
 
 
 def _mirrors_problem(value):
-    from recbole_efficient.data.catalog import mirror_list
-
     try:
         mirror_list(value)
     except Exception:  # noqa: BLE001 - yaml or type errors alike: the value is not a list

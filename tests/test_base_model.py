@@ -245,7 +245,7 @@ def test_clipping_under_a_loss_scaler_sees_the_unscaled_gradients(tiny):
     import copy
 
     from recbole_efficient.optim import ClipThenStep
-    from recbole_efficient.trainer import build_optimizer
+    from recbole_efficient.optim import build_optimizer
 
     config, model = make_model(tiny, name="LRURec", n_layers=2)
     batch, clip = _scaler_step_batch(config), {"max_norm": 0.05}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_efficient.kernels.dropout import dropout
-from recbole_efficient.model.layers import Dropout
+from recbole_efficient.model.shared import Dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from recbole_efficient import Config, get_model, get_trainer
 from recbole_efficient.model import elastic as elastic_module
 from recbole_efficient.optim import LazyAdam, OptimizerChain
-from recbole_efficient.trainer import build_optimizer
+from recbole_efficient.optim import build_optimizer
 from recbole_efficient.validation import ConfigError
 
 import conftest
@@ -57,8 +57,8 @@ def test_causal_output_including_retrieval_unchanged_by_later_items(stride):
     torch.testing.assert_close(out2[:, :11], out[:, :11], atol=0, rtol=0)
     assert not torch.allclose(out2[:, 11:], out[:, 11:])
     # the retrieval itself: the interests of positions 0..10 do not move either
-    x, mask = model._inputs(seq, lengths)
-    x2, _ = model._inputs(changed, lengths)
+    x, mask = model._embed_seq(seq, lengths)
+    x2, _ = model._embed_seq(changed, lengths)
     interests = model._interests(x, lengths, mask, every_position=True)
     interests2 = model._interests(x2, lengths, mask, every_position=True)
     anchors = 10 // stride + 1  # the anchors at positions <= 10
@@ -122,7 +122,7 @@ def test_memory_stride_retrieves_at_anchors_and_each_retrieval_serves_its_positi
     no retrieval, and the outputs differ from stride 1's between anchors only)."""
     every, strided = make_model(memory_stride=1), make_model(memory_stride=3)
     seq, lengths = right_padded([20, 14], 20)
-    x, mask = every._inputs(seq, lengths)
+    x, mask = every._embed_seq(seq, lengths)
     per_position = every._interests(x, lengths, mask, every_position=True)
     at_anchors = strided._interests(x, lengths, mask, every_position=True)
     assert at_anchors.shape[1] == 7  # positions 0, 3, ..., 18
@@ -131,7 +131,7 @@ def test_memory_stride_retrieves_at_anchors_and_each_retrieval_serves_its_positi
     assert (at_anchors[~real] == 0).all()
     changed = seq.clone()
     changed[:, 4] = (seq[:, 4] % (N_ITEMS - 1)) + 1  # position 4: not an anchor
-    x2, _ = strided._inputs(changed, lengths)
+    x2, _ = strided._embed_seq(changed, lengths)
     moved = (strided._interests(x2, lengths, mask, every_position=True) != at_anchors)
     assert not moved[:, :2].any() and moved[real][2:].any()  # anchors 0, 3 keep theirs
     out_every, out_strided = every.encode(seq, lengths), strided.encode(seq, lengths)
@@ -329,7 +329,7 @@ def test_trained_checkpoint_reloads_with_both_optimizers(tiny):
 def test_checkpoint_saved_before_memory_stride_reloads_with_a_retrieval_per_position():
     """A checkpoint whose saved config lacks ``memory_stride`` was trained querying the memory
     at every position: it is rebuilt that way, not with today's default."""
-    from recbole_efficient.quick_start import config_from_checkpoint
+    from recbole_efficient.checkpoint import config_from_checkpoint
 
     state = {"model": "ELASTIC", "dataset": "ml-100k", "inputs": {"epochs": 1},
              "final": {"memory_size": 65536}}
@@ -341,7 +341,7 @@ def test_checkpoint_saved_before_memory_stride_reloads_with_a_retrieval_per_posi
 
 
 def test_old_checkpoint_default_yields_to_a_yaml_file_and_covers_recbole_format(tmp_path):
-    from recbole_efficient.quick_start import config_from_checkpoint
+    from recbole_efficient.checkpoint import config_from_checkpoint
 
     state = {"model": "ELASTIC", "dataset": "ml-100k", "inputs": {}, "final": {}}
     yaml_file = tmp_path / "run.yaml"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_efficient import Config, get_model, get_trainer
-from recbole_efficient.model.layers import LRULayer
+from recbole_efficient.model.lru import LRULayer
 
 import conftest
 from conftest import (StubDataset, assert_built_state_is_stepped_state,
@@ -310,7 +310,7 @@ def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch):
 @pytest.mark.parametrize("real_output", [False, True])
 def test_complex_linear_is_the_complex_affine_map(complex_input, real_output):
     """One real matmul on interleaved views == (Wr + i Wi) x + b, scale folded in."""
-    from recbole_efficient.model.layers import ComplexLinear
+    from recbole_efficient.model.lru import ComplexLinear
 
     torch.manual_seed(0)
     layer = ComplexLinear(5, 3, real_output=real_output)

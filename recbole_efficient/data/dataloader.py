@@ -26,6 +26,8 @@ from recbole.data.dataloader import NegSampleEvalDataLoader as RecBoleNegSampleE
 from recbole.data.dataloader import TrainDataLoader as RecBoleTrainDataLoader
 from recbole.utils import ModelType
 
+from recbole_efficient.model.base import is_efficient_model
+
 __all__ = ["TrainDataLoader", "FullSortEvalDataLoader", "NegSampleEvalDataLoader",
            "data_preparation", "length_buckets", "per_position_fields", "trim_padding"]
 
@@ -133,11 +135,8 @@ _OURS = {RecBoleTrainDataLoader: TrainDataLoader,
 
 
 def _trims_padding(config):
-    from recbole_efficient.model.base import EfficientSequentialRecommender
-
-    model_class = getattr(config, "model_class", None)
-    return config["MODEL_TYPE"] == ModelType.SEQUENTIAL and isinstance(model_class, type) \
-        and issubclass(model_class, EfficientSequentialRecommender)
+    return config["MODEL_TYPE"] == ModelType.SEQUENTIAL \
+        and is_efficient_model(getattr(config, "model_class", None))
 
 
 def data_preparation(config, dataset):

@@ -7,51 +7,25 @@ protocol (:meth:`~EfficientSequentialRecommender.init_state`, ``build_state``, `
 models with a fixed-size causal state implement through three hooks.
 """
 
+import operator
 from dataclasses import dataclass
 from logging import getLogger
 
 import torch
 import torch.nn.functional as F
-import yaml
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_efficient.data.dataset import target_list_field
 from recbole_efficient.kernels.cross_entropy import linear_cross_entropy
+from recbole_efficient.properties import model_defaults
 from recbole_efficient.validation import EFFICIENT_SPEC
 
 
-def _yaml_loader():
-    from recbole.config import Config as RecBoleConfig
-
-    # RecBole's loader also reads floats such as 1e-12 that plain YAML 1.1 leaves as strings.
-    return RecBoleConfig._build_yaml_loader(None)
-
-
-def model_defaults(model_class):
-    """Our overall.yaml + ``properties/model/<Model>.yaml`` as one dict."""
-    from recbole_efficient.config import properties_dir
-
-    merged = {}
-    for path in (properties_dir() / "overall.yaml",
-                 properties_dir() / "model" / f"{model_class.__name__}.yaml"):
-        if path.is_file():
-            merged.update(yaml.load(path.read_text(), Loader=_yaml_loader()) or {})
-    return merged
-
-
-#: Parameters and submodules registered so far in this process, by any module: a changed
-#: count means a model's gathered stream weights (see ``_stream_weights``) may be stale.
-_REGISTRATIONS = [0]
-
-
-def _count_registration(module, name, value):
-    _REGISTRATIONS[0] += 1
-
-
-# Global hooks, one integer increment per registration (model construction, weight swaps).
-torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
-torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+def is_efficient_model(model_class):
+    """Whether ``model_class`` is built on :class:`EfficientSequentialRecommender` (RecBole's
+    own models are not)."""
+    return isinstance(model_class, type) and issubclass(model_class, EfficientSequentialRecommender)
 
 
 @dataclass
@@ -94,7 +68,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
 
     def __init__(self, config, dataset):
         # Plain RecBole Config (no recbole_efficient.Config) does not know our yaml files.
-        for key, value in model_defaults(type(self)).items():
+        for key, value in model_defaults(type(self).__name__).items():
             if key not in config:
                 config[key] = value
         super().__init__(config, dataset)
@@ -253,16 +227,16 @@ class EfficientSequentialRecommender(SequentialRecommender):
         return super()._apply(fn, *args, **kwargs)
 
     def _stream_weights(self, refresh=False):
-        """:meth:`_gather_stream_weights`, kept until a parameter or submodule of any module is
-        registered anew (a replaced weight, ``load_state_dict(assign=True)``), the model is
-        converted or trained, or ``init_state``/``build_state`` refresh it. It holds the live
-        parameters, not copies, so in-place updates (optimiser steps, ``load_state_dict``,
-        writes through ``.data``) are seen at once."""
+        """:meth:`_gather_stream_weights`, kept while every parameter, buffer and submodule of
+        the model is the object it was when gathered (a replaced weight, or
+        ``load_state_dict(assign=True)``, gathers anew), until the model is converted or
+        trained, or ``init_state``/``build_state`` refresh it. It holds the live parameters,
+        not copies, so in-place updates (optimiser steps, ``load_state_dict``, writes through
+        ``.data``) are seen at once."""
         cache = self.__dict__.get("_stream_cache")
-        if refresh or cache is None or cache[0] != _REGISTRATIONS[0]:
-            cache = self.__dict__["_stream_cache"] = (_REGISTRATIONS[0],
-                                                      self._gather_stream_weights())
-        return cache[1]
+        if refresh or cache is None or not cache.is_current():
+            cache = self.__dict__["_stream_cache"] = _GatheredWeights(self)
+        return cache.weights
 
     def _gather_stream_weights(self):
         """Hook: the parameters (and constants) :meth:`_stream_step` reads, gathered once
@@ -316,3 +290,20 @@ class EfficientSequentialRecommender(SequentialRecommender):
     def _stream_step(self, item_ids, positions, layers):
         """``item_ids [B]`` at 0-based ``positions [B]`` -> ``(hidden [B, d], new layers)``."""
         raise NotImplementedError
+
+
+class _GatheredWeights:
+    """What :meth:`EfficientSequentialRecommender._gather_stream_weights` returned, and every
+    slot (parameter, buffer, submodule) of the model at that moment, to tell when a slot now
+    holds another object. The check is one C-level pass over the slots: a few microseconds."""
+
+    def __init__(self, model):
+        slots = [(table, name) for module in model.modules()
+                 for table in (module._parameters, module._buffers, module._modules)
+                 for name in table]
+        self.tables, self.names = (list(column) for column in zip(*slots))
+        self.values = list(map(dict.get, self.tables, self.names))
+        self.weights = model._gather_stream_weights()
+
+    def is_current(self):
+        return all(map(operator.is_, map(dict.get, self.tables, self.names), self.values))

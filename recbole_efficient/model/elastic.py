@@ -62,7 +62,8 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.layers import Dropout, fused_linear, padded_grid
+from recbole_efficient.model.shared import (Dropout, TransformerInput, fused_linear, init_normal,
+                                            padded_grid)
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -250,7 +251,7 @@ def _anchor_queries(x, mask, stride):
     return means[:, ::stride], x[:, ::stride], mask[:, ::stride]
 
 
-class ELASTIC(EfficientSequentialRecommender):
+class ELASTIC(TransformerInput, EfficientSequentialRecommender):
     config_spec = TRANSFORMER_SPEC + (
         Int("n_experts", 1, example=16),
         Bool("lda_causal"),
@@ -287,10 +288,7 @@ class ELASTIC(EfficientSequentialRecommender):
         self.initializer_range = config["initializer_range"]
         self.memory_lr_scale = config["memory_lr_scale"]
         self.memory_stride = config["memory_stride"]
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self._build_input(config)
         self.blocks = nn.ModuleList([ELASTICBlock(config, self.causal)
                                      for _ in range(config["n_layers"])])
         self.imr = None
@@ -301,18 +299,11 @@ class ELASTIC(EfficientSequentialRecommender):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        std = self.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        elif isinstance(module, DispatcherAttention):
+        init_normal(module, self.initializer_range)
+        if isinstance(module, DispatcherAttention):
             module.experts.data.normal_(mean=0.0, std=1.0)
         elif isinstance(module, InterestMemory):
-            module.values.data.normal_(mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+            module.values.data.normal_(mean=0.0, std=self.initializer_range)
 
     def optimizer_groups(self, weight_decay):
         """Dense parameters under ``learner``; the memory bank as a ``sparse`` group (the
@@ -331,10 +322,6 @@ class ELASTIC(EfficientSequentialRecommender):
             self.imr.sparse = self.sparse_gradients
 
     # -- encoder ----------------------------------------------------------------------------
-    def _embed(self, item_seq, positions):
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)
-        return self.dropout(self.LayerNorm(x))
-
     def _interests(self, x, item_seq_len, mask, every_position):
         """Retrieved interests: ``[B, A, m, d]`` at every anchor (positions 0, s, 2s, ... for
         ``memory_stride`` s; every position at s = 1) from its prefix, or ``[B, m, d]`` for
@@ -358,12 +345,8 @@ class ELASTIC(EfficientSequentialRecommender):
         summary = (x * prefix[..., None]).sum(1) / (last + 1)[:, None]
         return self.imr(summary, self.gather_indexes(x, last))
 
-    def _inputs(self, item_seq, item_seq_len):
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        return self._embed(item_seq, positions[None]), positions[None] < item_seq_len[:, None]
-
     def encode(self, item_seq, item_seq_len):
-        x, mask = self._inputs(item_seq, item_seq_len)
+        x, mask = self._embed_seq(item_seq, item_seq_len)
         interests = self._interests(x, item_seq_len, mask, every_position=self.causal)
         if interests is not None and not self.causal:
             interests = interests[:, None]
@@ -377,8 +360,7 @@ class ELASTIC(EfficientSequentialRecommender):
         padded grid."""
         if not self.causal:
             return super().encode_packed(item_seq, item_seq_len, mask)
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
-        x = self._embed(item_seq[mask], positions[mask])                    # [n, d]
+        x = self._embed_packed(item_seq, mask)                              # [n, d]
         interests = None
         if self.imr is not None:  # at the real anchors: [n_a, m, d]
             summary, current, anchors = _anchor_queries(padded_grid(x, mask), mask,
@@ -389,7 +371,7 @@ class ELASTIC(EfficientSequentialRecommender):
         return self.blocks[-1].forward_packed(x, mask, interests)
 
     def encode_last(self, item_seq, item_seq_len):
-        x, mask = self._inputs(item_seq, item_seq_len)
+        x, mask = self._embed_seq(item_seq, item_seq_len)
         interests = self._interests(x, item_seq_len, mask, every_position=False)
         for block in self.blocks[:-1]:
             x = block(x, mask)
@@ -425,7 +407,7 @@ class ELASTIC(EfficientSequentialRecommender):
         return layers
 
     def _stream_build(self, item_seq, item_seq_len):
-        x, mask = self._inputs(item_seq, item_seq_len)
+        x, mask = self._embed_seq(item_seq, item_seq_len)
         memory = []
         if self.imr is not None:
             # an empty row keeps the empty state: its next item is an anchor and retrieves

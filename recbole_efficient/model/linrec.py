@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_efficient.model.attention import (LINEAR_ATTENTION_SPEC, LinearAttentionEncoder,
-                                               init_normal)
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
+from recbole_efficient.model.shared import TransformerInput, init_normal
 from recbole_efficient.validation import Bool, Int, Rule
 
 
-class LinRec(EfficientSequentialRecommender):
+class LinRec(TransformerInput, EfficientSequentialRecommender):
     config_spec = LINEAR_ATTENTION_SPEC + (
         Bool("causal"),
         Int("chunk_size", 1, example=32),
@@ -50,10 +50,7 @@ class LinRec(EfficientSequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.initializer_range = config["initializer_range"]
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self._build_input(config)
         self.encoder = LinearAttentionEncoder(
             n_layers=config["n_layers"], hidden_size=self.hidden_size, n_heads=config["n_heads"],
             inner_size=config["inner_size"], hidden_dropout_prob=config["hidden_dropout_prob"],
@@ -62,15 +59,6 @@ class LinRec(EfficientSequentialRecommender):
             chunk_size=config["chunk_size"])
         self.apply(partial(init_normal, std=self.initializer_range))
 
-    def _embed(self, item_seq, positions):
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)
-        return self.dropout(self.LayerNorm(x))
-
-    def _embed_seq(self, item_seq, item_seq_len):
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        mask = positions[None, :] < item_seq_len[:, None]
-        return self._embed(item_seq, positions[None]), mask
-
     def encode(self, item_seq, item_seq_len):
         x, mask = self._embed_seq(item_seq, item_seq_len)
         return self.encoder(x, mask)
@@ -78,8 +66,7 @@ class LinRec(EfficientSequentialRecommender):
     def encode_packed(self, item_seq, item_seq_len, mask):
         """Training on every position: embeddings, projections, norms and feed-forward run on
         the real positions only, the attention on the padded grid."""
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).expand_as(item_seq)
-        return self.encoder.forward_packed(self._embed(item_seq[mask], positions[mask]), mask)
+        return self.encoder.forward_packed(self._embed_packed(item_seq, mask), mask)
 
     def encode_last(self, item_seq, item_seq_len):
         x, mask = self._embed_seq(item_seq, item_seq_len)

@@ -3,7 +3,7 @@
 BERT4Rec's architecture (Sun et al., CIKM 2019; RecBole's ``BERT4Rec``): item embeddings with
 an extra ``[mask]`` token, learned positions, ``n_layers`` bidirectional post-LN blocks, an
 output head (dense -> GELU -> LayerNorm) scored against the item embeddings plus a per-item
-bias. Its attention is LinRec's (``recbole_efficient.model.attention``), bidirectional and
+bias. Its attention is LinRec's (``recbole_efficient.model.linear_attention``), bidirectional and
 padding-masked: pads add nothing to ``K^T V``.
 
 Training (``train_mode: cloze``, the default) follows the BERT4Rec paper: one row per user
@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_efficient.data.dataset import cloze_mask
-from recbole_efficient.model.attention import (LINEAR_ATTENTION_SPEC, LinearAttentionEncoder,
-                                               init_normal)
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
+from recbole_efficient.model.shared import TransformerInput, init_normal
 from recbole_efficient.validation import Float
 
 
-class LinRecBERT(EfficientSequentialRecommender):
+class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
     causal = False
     config_spec = LINEAR_ATTENTION_SPEC + (
         Float("mask_ratio", 0, 1, low_open=True, high_open=True),
@@ -47,10 +47,7 @@ class LinRecBERT(EfficientSequentialRecommender):
         self.mask_ratio = config["mask_ratio"]
         eps = config["layer_norm_eps"]
         self.mask_token = self.n_items
-        self.item_embedding = nn.Embedding(self.n_items + 1, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=eps)
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self._build_input(config, n_embeddings=self.n_items + 1)  # + the [mask] token
         self.encoder = LinearAttentionEncoder(
             n_layers=config["n_layers"], hidden_size=self.hidden_size, n_heads=config["n_heads"],
             inner_size=config["inner_size"], hidden_dropout_prob=config["hidden_dropout_prob"],
@@ -61,11 +58,6 @@ class LinRecBERT(EfficientSequentialRecommender):
         self.output_ln = nn.LayerNorm(self.hidden_size, eps=eps)
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
         self.apply(partial(init_normal, std=self.initializer_range))
-
-    def _embed_seq(self, item_seq, item_seq_len):
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)[None]
-        return self.dropout(self.LayerNorm(x)), positions[None, :] < item_seq_len[:, None]
 
     def _head(self, hidden):
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.layers import LRUBlock, LRULayer
+from recbole_efficient.model.lru import LRUBlock, LRULayer
 from recbole_efficient.validation import Bool, Float, Prob, Rule
 
 

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from recbole.model.layers import TransformerEncoder
 
-from recbole_efficient.model.attention import init_normal
 from recbole_efficient.model.base import EfficientSequentialRecommender
+from recbole_efficient.model.shared import TransformerInput, init_normal
 from recbole_efficient.validation import TRANSFORMER_SPEC
 
 
-class SoftmaxSASRec(EfficientSequentialRecommender):
+class SoftmaxSASRec(TransformerInput, EfficientSequentialRecommender):
     causal = True
     config_spec = TRANSFORMER_SPEC
 
@@ -24,8 +24,7 @@ class SoftmaxSASRec(EfficientSequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.initializer_range = config["initializer_range"]
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self._build_input(config)
         self.trm_encoder = TransformerEncoder(
             n_layers=config["n_layers"],
             n_heads=config["n_heads"],
@@ -36,18 +35,10 @@ class SoftmaxSASRec(EfficientSequentialRecommender):
             hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"],
         )
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.mixer_dropped = False
         self.apply(partial(init_normal, std=self.initializer_range))
 
-    def _embed(self, item_seq):
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)[None]
-        return self.dropout(self.LayerNorm(x))
-
     def encode(self, item_seq, item_seq_len):
-        x = self._embed(item_seq)
+        x, _ = self._embed_seq(item_seq, item_seq_len)
         if self.mixer_dropped:  # no attention, no mask to build
             return self.trm_encoder(x, None, output_all_encoded_layers=True)[-1]
         mask = self.get_attention_mask(item_seq, bidirectional=False)
@@ -60,7 +51,7 @@ class SoftmaxSASRec(EfficientSequentialRecommender):
             # Training keeps the full path: its dropout draws the same random numbers as
             # RecBole's SASRec, so augmented runs of both stay identical.
             return super().encode_last(item_seq, item_seq_len)
-        x = self._embed(item_seq)
+        x, _ = self._embed_seq(item_seq, item_seq_len)
         *below, top = self.trm_encoder.layer
         if below:
             mask = self.get_attention_mask(item_seq, bidirectional=False)
@@ -102,3 +93,6 @@ def _attend(mha, query, keys, mask):
     context = mha.attn_dropout(mha.softmax(scores)) @ v
     context = context.transpose(1, 2).reshape(*query.shape[:-1], mha.all_head_size)
     return mha.LayerNorm(mha.out_dropout(mha.dense(context)) + query)
+
+
+__all__ = ["SoftmaxSASRec"]

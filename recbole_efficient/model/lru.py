@@ -1,5 +1,5 @@
-"""Layers shared by recbole_efficient models: complex linear maps, the LRU layer and the
-point-wise feed-forward sublayer (LRURec, Yue et al., WSDM 2024).
+"""The LRU stack of LRURec (Yue et al., WSDM 2024): complex linear maps, the LRU layer, the
+point-wise feed-forward sublayer and the block that joins them.
 
 Complex weights are stored as separate real and imaginary ``float`` parameters. Plain real
 tensors work with every optimiser (AdamW weight decay included), ``clip_grad_norm_``, AMP,
@@ -12,23 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_efficient.kernels.dropout import dropout
 from recbole_efficient.kernels.lru_scan import lru_scan, lru_step
+from recbole_efficient.model.shared import Dropout, padded_grid
 
-__all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock", "fused_linear",
-           "eval_activation", "padded_grid", "Dropout"]
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` with :func:`recbole_efficient.kernels.dropout.dropout` (same
-    distribution, mask drawn at about half the CPU cost); used inside the sequence mixers.
-    Not in place."""
-
-    def __init__(self, p=0.5):
-        super().__init__(p)
-
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
+__all__ = ["ComplexLinear", "LRULayer", "PointWiseFeedForward", "LRUBlock"]
 
 
 class ComplexLinear(nn.Module):
@@ -225,38 +212,3 @@ class LRUBlock(nn.Module):
     def step(self, x, h_prev):
         y, h = self.lru.step(x, h_prev)
         return self.feed_forward(y), h
-
-
-def fused_linear(x, *linears):
-    """``cat([f(x) for f in linears], -1)`` for ``nn.Linear`` layers with biases, as one
-    matmul: one pass over ``x`` (and, backwards, over its gradient) instead of one each."""
-    weight = torch.cat([f.weight for f in linears])
-    bias = torch.cat([f.bias for f in linears])
-    return F.linear(x, weight, bias)
-
-
-def padded_grid(packed, mask):
-    """``packed [n, ...]`` (the positions where ``mask [B, L]`` is True, row-major) back on
-    the ``[B, L, ...]`` grid, zeros at the other positions."""
-    grid = packed.new_zeros(*mask.shape, *packed.shape[1:])
-    grid[mask] = packed
-    return grid
-
-
-def _gelu(x):
-    # RecBole's exact GELU, x * 0.5 * (1 + erf(x / sqrt 2)), in place after the first op: at
-    # batch 1 this beats F.gelu's call overhead (~250 vs ~277 us per LinRec step here)
-    return torch.erf(x * _SQRT_HALF).add_(1.0).mul_(x).mul_(0.5)
-
-
-_SQRT_HALF = 1 / math.sqrt(2.0)
-
-
-def eval_activation(ffn):
-    """The activation of RecBole's ``FeedForward`` ``ffn`` for an inference path where each
-    operator call counts: its GELU with in-place operators, its swish as ``F.silu`` (the same
-    functions); the others as they are."""
-    act = ffn.intermediate_act_fn
-    if getattr(act, "__self__", None) is ffn:  # RecBole's own methods
-        return {"gelu": _gelu, "swish": F.silu}.get(act.__name__, act)
-    return act

@@ -1,6 +1,5 @@
-"""Transformer pieces shared by attention models: LinRec's L2-normalised linear attention
-sublayer, its encoder (attention + RecBole's feed-forward, post-LN), the config keys both
-LinRec backbones read, and BERT-style normal initialisation.
+"""LinRec's L2-normalised linear attention: the sublayer, its encoder (attention + RecBole's
+feed-forward, post-LN) and the config keys both LinRec backbones (LinRec, LinRecBERT) read.
 """
 
 import torch
@@ -11,24 +10,13 @@ from torch import nn
 from recbole_efficient.kernels.linear_attention import (
     K_NORM_AXES, causal_linear_attention, kv_state, linear_attention, linear_attention_step,
     state_attention)
-from recbole_efficient.model.layers import Dropout, eval_activation, fused_linear, padded_grid
+from recbole_efficient.model.shared import Dropout, eval_activation, fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Choice
 
-__all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder", "init_normal"]
+__all__ = ["LINEAR_ATTENTION_SPEC", "LinearAttention", "LinearAttentionEncoder"]
 
 #: Keys of both LinRec backbones (SASRec's Transformer keys, without attention dropout).
 LINEAR_ATTENTION_SPEC = TRANSFORMER_SPEC + (Choice("k_norm_axis", K_NORM_AXES),)
-
-
-def init_normal(module, std):
-    """BERT/SASRec initialisation: N(0, std) weights, zero biases, LayerNorm 1/0."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=std)
-    elif isinstance(module, nn.LayerNorm):
-        module.bias.data.zero_()
-        module.weight.data.fill_(1.0)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()
 
 
 class LinearAttention(nn.Module):
