@@ -19,7 +19,7 @@ _PUBLIC = {
     "create_dataset": "recbole_efficient.data",
     "data_preparation": "recbole_efficient.data",
     "MODELS": "recbole_efficient.model",
-    "model_config_files": "recbole_efficient.properties",
+    "model_config_files": "recbole_efficient.property_files",
     "EfficientSequentialRecommender": "recbole_efficient.model",
     "Trainer": "recbole_efficient.trainer",
     "get_model": "recbole_efficient.utils",

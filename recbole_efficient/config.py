@@ -10,7 +10,7 @@ from recbole.utils import ModelType, argument_list
 
 from recbole_efficient import compat, distributed
 from recbole_efficient.model import MODELS, get_model, is_efficient_model
-from recbole_efficient.properties import properties_dir, recbole_properties_dir
+from recbole_efficient.property_files import properties_dir, recbole_properties_dir
 from recbole_efficient.validation import (BASELINE_SPECS, COMMON_SPEC, Choice, ConfigError, Rule,
                                           collect_spec, likely_typos, spec_keys, validate)
 

@@ -16,7 +16,8 @@ from typing import Callable
 from recbole_efficient.data.catalog import mirror_list
 
 __all__ = ["ConfigError", "Key", "Rule", "Int", "Float", "Prob", "Bool", "Choice",
-           "collect_spec", "validate", "spec_keys", "likely_typos", "COMMON_SPEC", "EFFICIENT_SPEC",
+           "collect_spec", "validate", "result_keys", "spec_keys", "likely_typos", "COMMON_SPEC",
+           "EFFICIENT_SPEC",
            "TRANSFORMER_SPEC", "BASELINE_SPECS"]
 
 
@@ -286,9 +287,9 @@ COMMON_SPEC = (
          "topk={topk!r} must be a positive integer or a list of them; e.g. --topk=[10,20]."),
     Rule(("valid_metric", "metrics", "topk"),
          # An invalid metrics/topk is reported on its own.
-         lambda c, m: not _result_keys(c) or c["valid_metric"].lower() in _result_keys(c),
+         lambda c, m: not result_keys(c) or c["valid_metric"].lower() in result_keys(c),
          lambda c, m: (f"valid_metric={c['valid_metric']!r} is not among the computed metrics "
-                       f"({', '.join(sorted(_result_keys(c)))}); pick one of them, or add it "
+                       f"({', '.join(sorted(result_keys(c)))}); pick one of them, or add it "
                        "with --metrics / --topk.")),
 )
 
@@ -321,20 +322,18 @@ def _topk(topk):
     return list(ks) if ok else None
 
 
-def _result_keys(cfg):
-    """Lower-case names of the results RecBole's evaluator reports (``ndcg@10``, ``auc``)."""
+def result_keys(cfg):
+    """Lower-case names of the results RecBole's evaluator reports for ``cfg``'s ``metrics``
+    and ``topk`` (``ndcg@10``, ``auc``), in its order; empty when those values are invalid."""
     from recbole.evaluator.register import metric_information
 
     if _metric_problem(cfg["metrics"]) or _topk(cfg["topk"]) is None:
-        return set()
-    keys = set()
+        return []
+    keys = []
     for name in (n.lower() for n in _metric_names(cfg["metrics"])):
         per_k = any(need in ("rec.items", "rec.topk") for need in metric_information[name])
-        if per_k:
-            keys.update(f"{name}@{k}" for k in _topk(cfg["topk"]))
-        else:
-            keys.add(name)
-    return keys
+        keys += [f"{name}@{k}" for k in _topk(cfg["topk"])] if per_k else [name]
+    return list(dict.fromkeys(keys))
 
 #: Keys of every recbole_efficient model.
 EFFICIENT_SPEC = (

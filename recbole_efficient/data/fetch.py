@@ -86,7 +86,7 @@ def ensure_dataset(config, log=None):
     :class:`DatasetError` (one line) or the atomic-file header errors of
     :func:`~recbole_efficient.data.atomic.check_headers`.
     """
-    from recbole_efficient.data.atomic import check_headers
+    from recbole_efficient.data.atomic import check_headers  # loads RecBole: not for `download`
 
     if config["benchmark_filename"]:
         return

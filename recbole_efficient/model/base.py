@@ -18,7 +18,7 @@ from recbole.model.loss import BPRLoss
 
 from recbole_efficient.data.dataset import target_list_field
 from recbole_efficient.kernels.cross_entropy import linear_cross_entropy
-from recbole_efficient.properties import model_defaults
+from recbole_efficient.property_files import model_defaults
 from recbole_efficient.validation import EFFICIENT_SPEC
 
 
@@ -50,7 +50,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
     #: Keys this model reads, checked at start-up (``recbole_efficient.validation``).
     config_spec = EFFICIENT_SPEC
     #: Keys added to this model after checkpoints of it were saved, with the value that
-    #: rebuilds those checkpoints' model (``quick_start.config_from_checkpoint``).
+    #: rebuilds those checkpoints' model (``checkpoint.config_from_checkpoint``).
     checkpoint_defaults = {}
     #: Whether parameters that can take row-sparse gradients (a ``sparse`` optimiser group,
     #: e.g. ELASTIC's memory bank) get them; see :meth:`use_sparse_gradients`.
@@ -85,7 +85,7 @@ class EfficientSequentialRecommender(SequentialRecommender):
         """Give the parameters of ``sparse`` optimiser groups row-sparse gradients.
 
         Off by default, so that any torch optimiser (RecBole's own trainer builds one Adam over
-        every parameter) can step them, with dense gradients; ``trainer.build_optimizer`` turns
+        every parameter) can step them, with dense gradients; ``optim.build_optimizer`` turns
         it on where it gives those groups LazyAdam. Models with such groups override this.
         """
         self.sparse_gradients = bool(enabled)

@@ -390,9 +390,6 @@ class ELASTIC(TransformerInput, EfficientSequentialRecommender):
     # State: one (sum k a^T, sum a^T v, Z) triple per layer, then (with IMR) the running sum of
     # the inputs for the memory query and the interests retrieved at the last anchor (reused
     # until the next one). Learned positions: at most max_seq_length items.
-    def stream_limit(self):
-        return self.max_seq_length
-
     def _stream_init(self, batch_size):
         device = self.item_embedding.weight.device
         layers = []

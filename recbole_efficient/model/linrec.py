@@ -23,7 +23,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
@@ -80,9 +79,6 @@ class LinRec(TransformerInput, EfficientSequentialRecommender):
         return self
 
     # -- streaming inference (protocol on the base) ---------------------------------------
-    def stream_limit(self):
-        return self.max_seq_length
-
     def _stream_init(self, batch_size):
         device = self.item_embedding.weight.device
         return [torch.zeros(batch_size, a.n_heads, a.head_size, a.head_size, device=device)

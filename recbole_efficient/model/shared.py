@@ -20,7 +20,8 @@ class TransformerInput:
 
     :meth:`_build_input` registers ``item_embedding``, ``position_embedding``, ``LayerNorm``
     and ``dropout`` on the model itself (the names RecBole's SASRec and BERT4Rec use, so
-    checkpoints keep their keys); call it first in ``__init__``, before the encoder.
+    checkpoints keep their keys); call it first in ``__init__``, before the encoder. Learned
+    positions also bound streaming (:meth:`stream_limit`).
     """
 
     def _build_input(self, config, n_embeddings=None):
@@ -43,6 +44,10 @@ class TransformerInput:
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         mask = positions[None, :] < item_seq_len[:, None]
         return self._embed(item_seq, positions[None]), mask
+
+    def stream_limit(self):
+        # positions past the learned ones were never trained
+        return self.max_seq_length
 
     def _embed_packed(self, item_seq, mask):
         """Inputs ``[n, d]`` at the real positions of ``mask`` only (row-major)."""

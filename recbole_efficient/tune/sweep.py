@@ -1,311 +1,30 @@
-"""Ray Tune sweeps: per-epoch reports for ASHA, trial checkpoints, resume, honest selection.
+"""The sweep: checks before Ray starts, the Tuner (new or resumed), and the summary that
+selects on validation and evaluates the selected checkpoint once on the test set."""
 
-    python run_recbole_efficient.py tune --model=LRURec --dataset=ml-100k --space=space.yaml \\
-        --num_samples=8 --max_concurrent=2 --epochs=10
-
-Each trial trains through the command line's own trainer (:func:`prepare_run`) and reports
-after every validation, with the validation metrics and its run folder (``best.pth`` +
-``latest.pth``) as the Ray checkpoint; a trial restarted after a failure resumes from it.
-Trials are compared on validation only; the best trial's best checkpoint is then evaluated
-once on the test set. Running the same command again resumes an interrupted sweep.
-
-Search spaces come from a yaml file (``name: {kind: values}``), RecBole's hyper-parameter file
-(``name kind values``, any other extension), or the model's default
-``properties/tune/<Model>.yaml``. Kinds: ``choice [values]``, ``grid [values]``,
-``uniform [low, high]``, ``quniform [low, high, q]``, ``loguniform [low, high]`` and
-``randint [low, high)``. In RecBole's format, ``loguniform`` bounds are natural-log
-exponents (``learning_rate loguniform -8,0`` draws exp(U(-8, 0))); in yaml they are plain.
-"""
-
-import argparse
-import ast
 import copy
-import difflib
 import json
 import math
 import os
-import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from recbole.evaluator.register import metric_information
-from recbole.utils.argument_list import dataset_arguments
 
+from recbole_efficient.checkpoint import config_from_checkpoint, load_checkpoint
 from recbole_efficient.config import Config
-from recbole_efficient.properties import parse_values, properties_dir, yaml_loader
+from recbole_efficient.data import create_dataset
+from recbole_efficient.quick_start import prepare_run
+from recbole_efficient.tune.space import (SweepError, check_space, default_space_file, load_space,
+                                          to_ray)
+from recbole_efficient.tune.trial import run_trial
+from recbole_efficient.validation import result_keys
 
-KINDS = ("choice", "grid", "uniform", "quniform", "loguniform", "randint")
-_N_ARGS = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
 SCHEDULERS = ("asha", "fifo")
 SEARCHES = ("auto", "random", "grid", "optuna")
-#: Keys that change the dataset, which a sweep builds once, or the trial's placement.
-_FIXED_PER_SWEEP = frozenset(dataset_arguments) | {"model", "dataset", "data_path", "train_mode", "eval_args", "repeatable", "gpu_id",
-     "checkpoint_dir", "valid_metric", "valid_metric_bigger", "eval_step"}
 
 
-class SweepError(ValueError):
-    """Bad sweep input, found before Ray starts; one line per problem."""
-
-    def __init__(self, problems):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("invalid sweep:" + "".join(f"\n  - {p}" for p in self.problems))
-
-    def __reduce__(self):
-        return type(self), (self.problems,)
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One dimension of a search space: a kind of :data:`KINDS` and its arguments."""
-
-    kind: str
-    args: tuple
-    where: str = field(default="", compare=False)  # "file:line: text", quoted in errors
-
-
-# -- search spaces -----------------------------------------------------------------------------
-def default_space_file(model):
-    """``properties/tune/<Model>.yaml``, the default space of one of our models."""
-    return properties_dir() / "tune" / f"{model}.yaml"
-
-
-def load_space(path):
-    """Parse a yaml (``.yaml``/``.yml``) or RecBole hyper-parameter file into ``{name: Dim}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"search space file {path} does not exist.")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        return _parse_yaml(path, text)
-    return _parse_hyper(path, text)
-
-
-def _make_dim(kind, values, where, log_exponents=False):
-    if kind not in KINDS:
-        raise ValueError(f"{where}: unknown distribution {kind!r}; use one of {', '.join(KINDS)}.")
-    if kind in ("choice", "grid"):
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ValueError(f"{where}: {kind} needs a non-empty list of values, e.g. [0.1, 0.2].")
-        return Dim(kind, tuple(values), where)
-    n = _N_ARGS[kind]
-    shape = "[low, high, q]" if n == 3 else "[low, high]"
-    if (not isinstance(values, (list, tuple)) or len(values) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-        raise ValueError(f"{where}: {kind} needs {n} numbers {shape}, got {values!r}.")
-    low, high = values[0], values[1]
-    if log_exponents and kind == "loguniform":
-        low, high = math.exp(low), math.exp(high)
-    if not low < high:
-        raise ValueError(f"{where}: bounds reversed or empty: low {low:g} must be below high {high:g}.")
-    if kind == "loguniform" and low <= 0:
-        raise ValueError(f"{where}: loguniform needs bounds above 0, got low {low:g} "
-                         "(RecBole hyper files give natural-log exponents instead).")
-    if kind == "quniform" and not values[2] > 0:
-        raise ValueError(f"{where}: quniform's step q must be above 0, got {values[2]!r}.")
-    if kind == "randint" and not all(float(v).is_integer() for v in values):
-        raise ValueError(f"{where}: randint needs integer bounds, got {values!r}.")
-    return Dim(kind, (low, high, *values[2:]), where)
-
-
-def _parse_yaml(path, text):
-    try:
-        data = yaml.load(text, Loader=yaml_loader())
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML ({err}).") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"{path}: expected one line per parameter, 'name: {{kind: values}}', "
-                         "e.g. 'learning_rate: {loguniform: [1.0e-4, 1.0e-2]}'.")
-    lines = text.splitlines()
-    space, problems = {}, []
-    for name, spec in data.items():
-        lineno = next((i for i, line in enumerate(lines, 1)
-                       if line.strip().startswith(f"{name}:")), 0)
-        where = f"{path}:{lineno}: {lines[lineno - 1].strip()!r}" if lineno else f"{path}: {name}"
-        if not (isinstance(spec, dict) and len(spec) == 1):
-            problems.append(f"{where}: expected '{name}: {{kind: values}}' with kind one of "
-                            f"{', '.join(KINDS)}.")
-            continue
-        (kind, values), = spec.items()
-        try:
-            space[str(name)] = _make_dim(kind, values, where)
-        except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise SweepError(problems)
-    return space
-
-
-def _parse_hyper(path, text):
-    space, problems = {}, []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        where = f"{path}:{lineno}: {raw.strip()!r}"
-        parts = line.split(maxsplit=2)
-        if len(parts) != 3:
-            problems.append(f"{where}: expected 'name kind values', e.g. "
-                            "'learning_rate loguniform -8,0' or 'hidden_size choice [64,128]'.")
-            continue
-        name, kind, spec = parts
-        if name in space:
-            problems.append(f"{where}: {name} is given twice.")
-            continue
-        try:
-            values = ast.literal_eval(spec if kind in ("choice", "grid") else f"[{spec}]")
-            space[name] = _make_dim(kind, values, where, log_exponents=True)
-        except (ValueError, SyntaxError) as err:
-            problems.append(str(err) if isinstance(err, ValueError) and str(err).startswith(str(path))
-                            else f"{where}: cannot read the values {spec!r}.")
-    if problems:
-        raise SweepError(problems)
-    if not space:
-        raise SweepError(f"{path}: the search space is empty.")
-    return space
-
-
-def _declared_keys(model_class):
-    from recbole_efficient.config import FRAMEWORK_SPEC
-    from recbole_efficient.validation import Key, collect_spec
-
-    keys, _ = collect_spec(model_class)
-    for item in FRAMEWORK_SPEC:
-        if isinstance(item, Key):
-            keys.setdefault(item.name, item)
-    return keys
-
-
-def _is_int_key(name, config, declared):
-    if name in declared:
-        return declared[name].kind == "int"
-    default = config.final_config_dict.get(name)
-    return isinstance(default, int) and not isinstance(default, bool)
-
-
-def _extremes(dim, integer):
-    """The values a dimension can produce that are worth checking against a key's range."""
-    low, high = dim.args[0], dim.args[1] if len(dim.args) > 1 else None
-    if dim.kind in ("choice", "grid"):
-        return list(dim.args)
-    if dim.kind == "randint":
-        return [int(low), int(high) - 1]
-    if dim.kind == "quniform":
-        q = dim.args[2]
-        top = math.floor(high / q) * q
-        return [int(low), int(top)] if integer else [low, top]
-    return [low, math.nextafter(high, low)]  # uniform, loguniform: high is never drawn
-
-
-def check_space(space, config):
-    """Every key known to the model and not fixed per sweep, every value in its range."""
-    declared = _declared_keys(config.model_class)
-    known = set(config.final_config_dict) | set(declared)
-    problems = []
-    for name, dim in space.items():
-        if name in _FIXED_PER_SWEEP:
-            problems.append(f"{dim.where}: {name} cannot vary within a sweep (the dataset is built "
-                            f"once and trials are placed by Ray); fix it with --{name}=... instead.")
-            continue
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{dim.where}: {config['model']} has no setting {name!r}{hint}.")
-            continue
-        key = declared.get(name)
-        if key is None:
-            continue
-        for value in _extremes(dim, key.kind == "int"):
-            why = key.problem(value)
-            if why:
-                problems.append(f"{dim.where}: {name}={value!r} {why}.")
-                break
-    if problems:
-        raise SweepError(problems)
-
-
-def to_ray(space, config, grid=False):
-    """Ray Tune param space of ``space``; ``grid`` turns every choice into a grid search."""
-    from ray import tune
-
-    declared = _declared_keys(config.model_class)
-    out = {}
-    for name, dim in space.items():
-        a = dim.args
-        if dim.kind == "grid" or (dim.kind == "choice" and grid):
-            out[name] = tune.grid_search(list(a))
-        elif dim.kind == "choice":
-            out[name] = tune.choice(list(a))
-        elif dim.kind == "uniform":
-            out[name] = tune.uniform(*a)
-        elif dim.kind == "loguniform":
-            out[name] = tune.loguniform(*a)
-        elif dim.kind == "randint":
-            out[name] = tune.randint(int(a[0]), int(a[1]))
-        elif _is_int_key(name, config, declared) and all(float(v).is_integer() for v in a):
-            out[name] = tune.qrandint(*(int(v) for v in a))  # RecBole files quniform int keys
-        else:
-            out[name] = tune.quniform(*a)
-    return out
-
-
-# -- trials ------------------------------------------------------------------------------------
-def _trial(params, model, dataset_name, dataset, fixed, config_files):
-    """One Ray Tune trial: the command line's training path plus a report after each epoch."""
-    import logging
-
-    import ray
-    from ray import tune
-    from recbole.utils import init_logger, init_seed
-
-    import recbole_efficient  # noqa: F401  (NumPy 2 fixes inside the Ray worker)
-    from recbole_efficient.checkpoint import BEST, LATEST, make_run_dir
-    from recbole_efficient.quick_start import prepare_run
-
-    settings = dict(fixed, show_progress=False)
-    settings.update({k: v for k, v in params.items() if k != "__trial_index__"})
-    if "__trial_index__" in params:  # seed repeats under a searcher (Ray's Repeater)
-        settings["seed"] = fixed["seed"] + params["__trial_index__"]
-    # RecBole's Config would point CUDA_VISIBLE_DEVICES at gpu_id ('0' by default): use Ray's.
-    settings["gpu_id"] = ",".join(str(i) for i in ray.get_gpu_ids())
-    config = Config(model, dataset_name, config_file_list=config_files, config_dict=settings,
-                    read_cmd_line=False)
-    logging.getLogger().handlers.clear()  # a reused worker must not log into the last trial
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    _, (train_data, valid_data, _), trainer = prepare_run(config, dataset)
-
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        run_dir = make_run_dir(config["checkpoint_dir"], config["model"])
-        with restored.as_directory() as folder:
-            for name in (BEST, LATEST):
-                if (Path(folder) / name).is_file():
-                    shutil.copy2(Path(folder) / name, run_dir / name)
-        trainer.resume_checkpoint(run_dir)
-
-    def report(trainer, epoch, valid_result, final):
-        if valid_result is None and not final:
-            return
-        valid_result = valid_result or trainer.last_validation[1] or {}
-        # This epoch's validation (what ASHA compares) and the best epoch's (what selects).
-        metrics = {k: float(v) for k, v in valid_result.items()}
-        metrics.update({f"best_{k}": float(v) for k, v in (trainer.best_valid_result or {}).items()})
-        metrics.update(epoch=epoch, epochs_done=epoch + 1, best_epoch=trainer.best_epoch,
-                       trial_finished=final,
-                       seed=config["seed"], gpu_ids=config["gpu_id"],
-                       cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(trainer.run_dir)))
-
-    trainer.epoch_end_hooks.append(report)
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    if trainer.fault:
-        raise RuntimeError(trainer.fault)
-
-
-# -- the sweep ---------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
     """What :func:`tune_model` found. ``complete`` is False when the sweep was interrupted
@@ -336,16 +55,6 @@ def _keep_cuda_visible_devices():
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
-
-
-def _metric_names(config):
-    """The keys of RecBole's validation result for this config (``ndcg@10``, ``auc``, ...)."""
-    names = []
-    for m in (m.lower() for m in config["metrics"]):
-        need = metric_information.get(m, ())
-        at_k = "rec.topk" in need or "rec.items" in need
-        names += [f"{m}@{k}" for k in config["topk"] or []] if at_k else [m]
-    return names
 
 
 def _check_options(space, config, num_samples, repeats, search, scheduler, metric,
@@ -379,9 +88,9 @@ def _check_options(space, config, num_samples, repeats, search, scheduler, metri
         if grid_dims:
             problems.append(f"search=optuna samples every value; {', '.join(grid_dims)} use grid: "
                             "write choice instead.")
-    if metric not in _metric_names(config):
+    if metric not in result_keys(config):
         problems.append(f"metric={metric!r} is not computed at validation; use one of "
-                        f"{', '.join(_metric_names(config))} (or change metrics/topk).")
+                        f"{', '.join(result_keys(config))} (or change metrics/topk).")
     if not config["eval_step"] or config["eval_step"] < 1:
         problems.append(f"eval_step={config['eval_step']}: sweeps select on validation; "
                         "use --eval_step=1.")
@@ -435,8 +144,6 @@ def tune_model(model, dataset="ml-100k", space=None, *, config_file_list=None,
 
     Bad input raises :class:`SweepError` (or the config's ``ConfigError``) before Ray starts.
     """
-    from recbole_efficient.data import create_dataset
-
     config_dict = dict(config_dict or {})
     for key in ("data_path", "checkpoint_dir"):  # Tune runs each trial in its own folder
         if config_dict.get(key):
@@ -489,7 +196,7 @@ def tune_model(model, dataset="ml-100k", space=None, *, config_file_list=None,
         raise SweepError(f"gpus_per_trial={gpus_per_trial} but the cluster at {address} has "
                          f"{_available('GPU'):g} GPU(s).")
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, model=config["model"], dataset_name=config["dataset"],
+        tune.with_parameters(run_trial, model=config["model"], dataset_name=config["dataset"],
                              dataset=data, fixed=fixed, config_files=config_files),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if restoring:
@@ -599,7 +306,7 @@ def _summarise(results, space, config, metric, mode, repeats, experiment_dir, fi
             "status": "error" if result.error else ("ok" if m else "not run"),
             "error": str(result.error).strip().splitlines()[-1][:200] if result.error else "",
             "checkpoint": str(Path(ckpt.path) / "best.pth") if ckpt else "",
-            "_valid": {k: m[f"best_{k}"] for k in _metric_names(config) if f"best_{k}" in m},
+            "_valid": {k: m[f"best_{k}"] for k in result_keys(config) if f"best_{k}" in m},
         })
     best_col = f"best_{metric}"
     table = pd.DataFrame(rows)
@@ -677,9 +384,6 @@ def _plain(value):
 
 def evaluate_on_test(checkpoint_file, dataset=None, gpu_id=None):
     """Test metrics of a checkpoint, on ``dataset`` when given (else rebuilt from its config)."""
-    from recbole_efficient.checkpoint import load_checkpoint
-    from recbole_efficient.quick_start import config_from_checkpoint, prepare_run
-
     checkpoint = load_checkpoint(checkpoint_file)
     overrides = {"gpu_id": gpu_id} if gpu_id is not None else {}
     with _keep_cuda_visible_devices():
@@ -713,81 +417,3 @@ def start_ray(address=None, **kwargs):
 
 
 _UV_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
-
-
-# -- command line ------------------------------------------------------------------------------
-def main(argv=None):
-    """``run_recbole_efficient.py tune ...``; exit status 2 on bad input, 130 if interrupted."""
-    parser = argparse.ArgumentParser(
-        prog="recbole-efficient tune",
-        description="Ray Tune sweep of a recbole_efficient (or RecBole) model. Any other "
-                    "--key=value fixes that setting for every trial.")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    parser.add_argument("--space", default=None,
-                        help="search space: .yaml, or RecBole's hyper file (default: the model's)")
-    parser.add_argument("--num_samples", type=int, default=None,
-                        help="random samples (default 10; grid: every combination once)")
-    parser.add_argument("--max_concurrent", type=int, default=None)
-    parser.add_argument("--cpus_per_trial", type=float, default=1)
-    parser.add_argument("--gpus_per_trial", type=float, default=0, help="fractions allowed")
-    parser.add_argument("--scheduler", default="asha", choices=SCHEDULERS)
-    parser.add_argument("--search", default="auto", choices=SEARCHES)
-    parser.add_argument("--metric", default=None, help="validation metric (default valid_metric)")
-    parser.add_argument("--storage_path", default="ray_results")
-    parser.add_argument("--name", default=None, help="experiment name (default <Model>-<dataset>)")
-    parser.add_argument("--address", default=None, help="existing Ray cluster to attach to")
-    parser.add_argument("--repeats", type=int, default=1, help="seeds per configuration")
-    parser.add_argument("--max_failures", type=int, default=1, help="retries of a failed trial")
-    parser.add_argument("--grace_period", type=int, default=1, help="ASHA: epochs before a stop")
-    parser.add_argument("--reduction_factor", type=float, default=2, help="ASHA: 1/keep per rung")
-    args, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are --key=value)")
-    overrides = parse_values(a[2:].split("=", 1) for a in extra)
-    try:
-        sweep = tune_model(
-            args.model, args.dataset, args.space,
-            config_file_list=args.config_files.split() if args.config_files else None,
-            config_dict=overrides, num_samples=args.num_samples,
-            max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, search=args.search,
-            metric=args.metric, storage_path=args.storage_path, name=args.name,
-            address=args.address, repeats=args.repeats, max_failures=args.max_failures,
-            grace_period=args.grace_period, reduction_factor=args.reduction_factor)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return _print_summary(sweep)
-
-
-def _print_summary(sweep):
-    import pandas as pd
-
-    with pd.option_context("display.max_columns", None, "display.width", 200,
-                           "display.max_colwidth", 60):
-        print(sweep.table.drop(columns=["checkpoint"]).to_string(index=False))
-        if sweep.configs is not None:
-            print(sweep.configs.to_string(index=False))
-    print(f"trials: {sweep.experiment_dir / 'trials.csv'}")
-    if not sweep.complete:
-        print(f"interrupted: the sweep in {sweep.experiment_dir} is not finished; run the same "
-              "command again to resume it.", file=sys.stderr)
-        return 130
-    if sweep.best_params is None:
-        print("error: no trial finished without an error.", file=sys.stderr)
-        return 1
-    n_stopped = int(sweep.table["stopped_early"].sum())
-    print(f"stopped early by the scheduler: {n_stopped} of {len(sweep.table)} trials")
-    print(f"best params ({sweep.metric} on validation): {sweep.best_params}")
-    print("best valid: " + "  ".join(f"{k}={v:.4f}" for k, v in sweep.best_valid.items()))
-    print("test result: " + "  ".join(f"{k}={v:.4f}" for k, v in sweep.test_result.items()))
-    print(f"best checkpoint: {sweep.best_checkpoint}")
-    print(f"best config: {sweep.best_config_file}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
