@@ -16,7 +16,7 @@ of a fixed number of short rows would give each of their positions more weight).
 numbers, and our ``SoftmaxSASRec`` trains exactly like RecBole's ``SASRec``.
 
 :func:`data_preparation` has RecBole's signature and returns these loaders for our models,
-RecBole's own loaders for RecBole's models.
+RecBole's own loaders for RecBole's models (those without ``accepts_trimmed_batches``).
 """
 
 import torch
@@ -25,8 +25,6 @@ from recbole.data.dataloader import FullSortEvalDataLoader as RecBoleFullSortEva
 from recbole.data.dataloader import NegSampleEvalDataLoader as RecBoleNegSampleEvalDataLoader
 from recbole.data.dataloader import TrainDataLoader as RecBoleTrainDataLoader
 from recbole.utils import ModelType
-
-from recbole_efficient.model.base import is_efficient_model
 
 __all__ = ["TrainDataLoader", "FullSortEvalDataLoader", "NegSampleEvalDataLoader",
            "data_preparation", "length_buckets", "per_position_fields", "trim_padding"]
@@ -135,8 +133,9 @@ _OURS = {RecBoleTrainDataLoader: TrainDataLoader,
 
 
 def _trims_padding(config):
+    # a capability the model class declares (RecBole's own models may read the fixed width)
     return config["MODEL_TYPE"] == ModelType.SEQUENTIAL \
-        and is_efficient_model(getattr(config, "model_class", None))
+        and getattr(getattr(config, "model_class", None), "accepts_trimmed_batches", False)
 
 
 def data_preparation(config, dataset):

@@ -47,6 +47,9 @@ class EfficientSequentialRecommender(SequentialRecommender):
     causal = True
     #: Set by :meth:`drop_sequence_mixer`.
     mixer_dropped = False
+    #: Outputs at real positions do not depend on right padding, so batches may be cut to
+    #: their longest row (``recbole_efficient.data.dataloader``).
+    accepts_trimmed_batches = True
     #: Keys this model reads, checked at start-up (``recbole_efficient.validation``).
     config_spec = EFFICIENT_SPEC
     #: Keys added to this model after checkpoints of it were saved, with the value that
