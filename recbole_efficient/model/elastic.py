@@ -62,8 +62,7 @@ from recbole_efficient.kernels.dispatcher_attention import (
     causal_readout, causal_state, causal_state_update, dispatch_causal, dispatch_noncausal)
 from recbole_efficient.kernels.product_key import product_key_topk
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.shared import (Dropout, TransformerInput, fused_linear, init_normal,
-                                            padded_grid)
+from recbole_efficient.model.shared import Dropout, TransformerInput, fused_linear, padded_grid
 from recbole_efficient.validation import TRANSFORMER_SPEC, Bool, Float, Int, Rule
 
 
@@ -284,8 +283,6 @@ class ELASTIC(TransformerInput, EfficientSequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
-        self.initializer_range = config["initializer_range"]
         self.memory_lr_scale = config["memory_lr_scale"]
         self.memory_stride = config["memory_stride"]
         self._build_input(config)
@@ -299,7 +296,7 @@ class ELASTIC(TransformerInput, EfficientSequentialRecommender):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        init_normal(module, self.initializer_range)
+        super()._init_weights(module)
         if isinstance(module, DispatcherAttention):
             module.experts.data.normal_(mean=0.0, std=1.0)
         elif isinstance(module, InterestMemory):

@@ -19,14 +19,12 @@ up to ``MAX_ITEM_LIST_LENGTH``: ``build_state``/``step`` refuse longer histories
 state from the most recent items, or train with a larger ``MAX_ITEM_LIST_LENGTH``).
 """
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
-from recbole_efficient.model.shared import TransformerInput, init_normal
+from recbole_efficient.model.shared import TransformerInput
 from recbole_efficient.validation import Bool, Int, Rule
 
 
@@ -47,8 +45,6 @@ class LinRec(TransformerInput, EfficientSequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
-        self.initializer_range = config["initializer_range"]
         self._build_input(config)
         self.encoder = LinearAttentionEncoder(
             n_layers=config["n_layers"], hidden_size=self.hidden_size, n_heads=config["n_heads"],
@@ -56,7 +52,7 @@ class LinRec(TransformerInput, EfficientSequentialRecommender):
             hidden_act=config["hidden_act"], layer_norm_eps=config["layer_norm_eps"],
             causal=self.causal, k_norm_axis=config["k_norm_axis"],
             chunk_size=config["chunk_size"])
-        self.apply(partial(init_normal, std=self.initializer_range))
+        self.apply(self._init_weights)
 
     def encode(self, item_seq, item_seq_len):
         x, mask = self._embed_seq(item_seq, item_seq_len)

@@ -17,8 +17,6 @@ history of ``MAX_ITEM_LIST_LENGTH`` items drops its oldest item to make room (po
 learned up to that length). Bidirectional: no streaming inference.
 """
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +24,7 @@ from torch import nn
 from recbole_efficient.data.dataset import cloze_mask
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
-from recbole_efficient.model.shared import TransformerInput, init_normal
+from recbole_efficient.model.shared import TransformerInput
 from recbole_efficient.validation import Float
 
 
@@ -42,8 +40,6 @@ class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
-        self.initializer_range = config["initializer_range"]
         self.mask_ratio = config["mask_ratio"]
         eps = config["layer_norm_eps"]
         self.mask_token = self.n_items
@@ -57,7 +53,7 @@ class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
         self.output_gelu = nn.GELU()
         self.output_ln = nn.LayerNorm(self.hidden_size, eps=eps)
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
-        self.apply(partial(init_normal, std=self.initializer_range))
+        self.apply(self._init_weights)
 
     def _head(self, hidden):
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))

@@ -20,18 +20,24 @@ class TransformerInput:
 
     :meth:`_build_input` registers ``item_embedding``, ``position_embedding``, ``LayerNorm``
     and ``dropout`` on the model itself (the names RecBole's SASRec and BERT4Rec use, so
-    checkpoints keep their keys); call it first in ``__init__``, before the encoder. Learned
+    checkpoints keep their keys), with ``hidden_size`` and ``initializer_range``; call it first
+    in ``__init__``, before the encoder, and ``self.apply(self._init_weights)`` last. Learned
     positions also bound streaming (:meth:`stream_limit`).
     """
 
     def _build_input(self, config, n_embeddings=None):
         """``n_embeddings``: rows of the item table (default ``n_items``; BERT-style models
         add a mask token)."""
-        hidden = config["hidden_size"]
+        self.hidden_size = hidden = config["hidden_size"]
+        self.initializer_range = config["initializer_range"]
         self.item_embedding = nn.Embedding(n_embeddings or self.n_items, hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+
+    def _init_weights(self, module):
+        """For ``self.apply``, once every module is built."""
+        init_normal(module, self.initializer_range)
 
     def _embed(self, item_seq, positions):
         """Input vectors of ``item_seq`` at 0-based ``positions`` (any matching shapes)."""

@@ -5,14 +5,12 @@ that every efficient model can be compared with softmax attention under identica
 loss and protocol. Cost grows as O(L^2) in the sequence length.
 """
 
-from functools import partial
-
 import torch
 from torch import nn
 from recbole.model.layers import TransformerEncoder
 
 from recbole_efficient.model.base import EfficientSequentialRecommender
-from recbole_efficient.model.shared import TransformerInput, init_normal
+from recbole_efficient.model.shared import TransformerInput
 from recbole_efficient.validation import TRANSFORMER_SPEC
 
 
@@ -22,8 +20,6 @@ class SoftmaxSASRec(TransformerInput, EfficientSequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
-        self.initializer_range = config["initializer_range"]
         self._build_input(config)
         self.trm_encoder = TransformerEncoder(
             n_layers=config["n_layers"],
@@ -35,7 +31,7 @@ class SoftmaxSASRec(TransformerInput, EfficientSequentialRecommender):
             hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"],
         )
-        self.apply(partial(init_normal, std=self.initializer_range))
+        self.apply(self._init_weights)
 
     def encode(self, item_seq, item_seq_len):
         x, _ = self._embed_seq(item_seq, item_seq_len)
