@@ -1,6 +1,6 @@
 """Accuracy of several models on one dataset, one protocol and an equal training budget.
 
-    uv run python benchmarks/accuracy.py --models SoftmaxSASRec SASRec --dataset ml-1m \\
+    python -m benchmarks.accuracy --models SoftmaxSASRec SASRec --dataset ml-1m \\
         --data_path ../shared/datasets --time_budget 600 --eval_mode full --MAX_ITEM_LIST_LENGTH=200
 
 Each model is trained through ``recbole_efficient.run_recbole_efficient`` (the CLI's own code
@@ -21,27 +21,22 @@ RecBole log under logs/.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import recbole_efficient  # noqa: E402
-from benchmarks import common as C  # noqa: E402
+import recbole_efficient
+from benchmarks import cli, models, report
+from recbole_efficient.model import get_model, is_efficient_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy"
-SHARED_DATA = ROOT.parent / "shared" / "datasets"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EVAL_MODES = ("full", "uni100", "pop100")
 METRICS = ["Recall", "MRR", "NDCG", "Hit"]
 TOPK = 10
@@ -50,35 +45,8 @@ TABLE_FIELDS = ["model", "train_mode", "status", "epochs", "train_seconds", "sec
                 "ndcg@10", "hit@10", "mrr@10", "recall@10", "valid_ndcg@10", "wall_seconds"]
 
 
-def default_models():
-    from recbole_efficient.model import MODELS
-
-    return list(MODELS) + [m for m in ("SASRec",) if m not in MODELS]
-
-
-def parse_overrides(tokens):
-    """``--key=value`` / ``--key value`` pairs into a dict, values converted as RecBole's CLI does."""
-    out, i = {}, 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if not tok.startswith("--") or tok == "--":
-            raise SystemExit(f"accuracy.py: unexpected argument {tok!r} (overrides are --key=value)")
-        if "=" in tok:
-            key, value = tok[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            key, value = tok[2:], tokens[i + 1]
-            i += 2
-        else:
-            raise SystemExit(f"accuracy.py: override {tok!r} needs a value (--key=value)")
-        out[key] = C.parse_value(value)
-    return out
-
-
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Any other --key=value is a config override for every model.")
+    p = cli.parser("accuracy", __doc__, overrides_for="model")
     p.add_argument("--models", nargs="+", default=None,
                    help="model class names (default: every recbole_efficient model, then SASRec)")
     p.add_argument("--dataset", default="ml-100k")  # ships inside RecBole: works offline
@@ -100,10 +68,8 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    args.overrides = parse_overrides(rest)
-    args.models = args.models or default_models()
+    args = cli.parse_with_overrides(build_parser(), argv)
+    args.models = args.models or models.default_models()
     if args.epochs is None:
         args.epochs = 10_000 if args.time_budget else 50
     if args.data_path:
@@ -122,12 +88,12 @@ def model_config_dict(name, args):
     if args.data_path:
         cfg["data_path"] = args.data_path
     cfg.update(args.overrides)
-    efficient = C.is_efficient_model(name)
+    efficient = is_efficient_model(get_model(name))
     if efficient and args.train_mode:
         cfg["train_mode"] = args.train_mode
     elif not efficient:
         cfg["train_mode"] = "augmented"
-    loss = cfg.get("loss_type", C.model_yaml_defaults(name).get("loss_type", "CE"))
+    loss = cfg.get("loss_type", models.model_yaml_defaults(name).get("loss_type", "CE"))
     if loss == "CE" and "train_neg_sample_args" not in cfg:
         cfg["train_neg_sample_args"] = None
     # eval_args given in a config_dict replaces the whole dict: start from the resolved one.
@@ -225,8 +191,8 @@ def markdown_report(meta, rows):
     ]
     if meta.get("overrides"):
         lines.append("- overrides: " + ", ".join(f"`{k}={v}`" for k, v in meta["overrides"].items()))
-    lines += ["", C.markdown_table(TABLE_FIELDS, [[_fmt(k, r.get(k)) for k in TABLE_FIELDS]
-                                                  for r in rows])]
+    lines += ["", report.markdown_table(TABLE_FIELDS, [[_fmt(k, r.get(k)) for k in TABLE_FIELDS]
+                                                       for r in rows])]
     errors = [r for r in rows if r.get("status") != "ok"]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {r['model']}: {r.get('error', '')}" for r in errors]
@@ -235,24 +201,21 @@ def markdown_report(meta, rows):
 
 def write_tables(meta, rows, out):
     """accuracy.json, accuracy.csv and accuracy.md in ``out``; returns the markdown."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    C.write_json({"meta": meta, "rows": rows}, out / "accuracy.json")
-    C.write_csv(rows, out / "accuracy.csv", TABLE_FIELDS + ["error"])
     text = markdown_report(meta, rows)
-    (out / "accuracy.md").write_text(text)
+    report.write_results(out, "accuracy", {"meta": meta, "rows": rows}, text, rows,
+                         TABLE_FIELDS + ["error"])
     return text
 
 
 def main(argv=None):
     args = parse_args(argv)
     meta = {
-        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": cli.command_line("accuracy", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "dataset": args.dataset, "data_path": args.data_path, "eval_mode": args.eval_mode,
         "exclude_history": bool(args.exclude_history), "epochs": args.epochs,
         "time_budget": args.time_budget, "seed": args.seed, "train_mode": args.train_mode,
-        "overrides": args.overrides, "models": args.models, "environment": C.environment(),
+        "overrides": args.overrides, "models": args.models, "environment": report.environment(),
     }
     rows = []
     for name in args.models:

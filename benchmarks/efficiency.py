@@ -1,6 +1,6 @@
 """Training-step time, peak memory and inference latency against sequence length.
 
-    uv run python benchmarks/efficiency.py --models SoftmaxSASRec SASRec LightSANs GRU4Rec
+    python -m benchmarks.efficiency --models SoftmaxSASRec SASRec LightSANs GRU4Rec
 
 Every model (ours from ``recbole_efficient.model.MODELS`` or RecBole's) is built from its yaml
 defaults with ``MAX_ITEM_LIST_LENGTH = L`` on random full-length sequences, then measured at
@@ -13,7 +13,7 @@ for a training step (forward + backward + gradient clipping if configured + opti
 and for ``full_sort_predict`` on one batch. Each figure is the median of ``--repeats`` calls
 after ``--warmup`` calls; models are interleaved call by call so that machine noise hits them
 alike. Peak memory is what one call allocates on top of the memory that existed before it
-(parameters, optimiser state, the batch): see ``benchmarks/common.py`` for how it is measured
+(parameters, optimiser state, the batch): see ``benchmarks/measure.py`` for how it is measured
 on CPU and CUDA. Growth exponents are least-squares slopes in log-log space of the cost per
 sequence (figure / batch size) against L: 1 = linear, 2 = quadratic, in both settings.
 
@@ -23,12 +23,13 @@ the model's sequence mixer (``LRURec@floor``: ``drop_sequence_mixer``, leaving e
 feed-forward blocks and output layer). ``--floors`` adds the floor of every entry that has one
 and reports each model's cost relative to its floor, the number an efficient model pushes down.
 
-``--preset train``: the training setting of issue 10 (forward + backward + optimiser step,
+``--preset train``: the long-sequence training setting (forward + backward + optimiser step,
 next-item cross-entropy over all 3,417 items at every position, hidden 64, 2 layers, 16,384
 tokens per batch, L in {200, 1000, 2000}); ``--preset inference``: batch 16, the whole history
 encoded, the last position scored against all items, no gradients. Both: every model of ours
 with its floor and RecBole's SASRec (trained at every position too, see
-``common.recbole_all_positions_loss``); any flag given explicitly wins over the preset.
+``benchmarks.steps.recbole_all_positions_loss``); any flag given explicitly wins over the
+preset.
 
 Outputs in ``--out``: efficiency.json (meta + raw points + exponents), efficiency.csv (raw
 points), efficiency.md (tables), efficiency_time.png and efficiency_memory.png.
@@ -38,20 +39,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import recbole_efficient  # noqa: E402,F401  (NumPy 2 aliases for RecBole)
-from benchmarks import common as C  # noqa: E402
+from benchmarks import cli, measure, models, report, rss_point, steps
+from recbole_efficient.model import get_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "efficiency"
 RECBOLE_BASELINES = ("SASRec", "LightSANs", "GRU4Rec")
@@ -59,13 +55,14 @@ SETTINGS = ("tokens", "batch")
 KINDS = ("train", "inference")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATUS_TEXT = {"too_slow": "too slow", "oom": "OOM", "error": "error", "skipped": "skipped"}
-_ISSUE_SIZES = {"lengths": [200, 1000, 2000], "n_items": 3417, "hidden_size": 64, "n_layers": 2,
-                "floors": True, "reference": "SASRec", "max_seconds_per_point": 0,
-                "cpu_memory": "none"}
+# Both presets: ML-1M's item count, the LRURec paper's sizes, every model next to its floor.
+_PRESET_SIZES = {"lengths": [200, 1000, 2000], "n_items": 3417, "hidden_size": 64,
+                 "n_layers": 2, "floors": True, "reference": "SASRec",
+                 "max_seconds_per_point": 0, "cpu_memory": "none"}
 PRESETS = {
-    "train": dict(_ISSUE_SIZES, kinds=["train"], settings=["tokens"], tokens_per_batch=16384,
+    "train": dict(_PRESET_SIZES, kinds=["train"], settings=["tokens"], tokens_per_batch=16384,
                   train_mode="all_positions", warmup=1),
-    "inference": dict(_ISSUE_SIZES, kinds=["inference"], settings=["batch"], batch_size=16),
+    "inference": dict(_PRESET_SIZES, kinds=["inference"], settings=["batch"], batch_size=16),
 }
 
 
@@ -87,7 +84,7 @@ def parse_variant(text):
         if item == "floor":
             floor = True
         elif "=" in item:
-            key, value = _key_value(item)
+            key, value = cli.key_value(item)
             overrides[key] = value
         else:
             raise ValueError(f"{text!r}: variant items are key=value or 'floor', got {item!r}")
@@ -98,36 +95,11 @@ def floor_label(variant):
     return variant.label + ("," if "@" in variant.label else "@") + "floor"
 
 
-def has_floor(model_name):
-    """Whether the model implements ``drop_sequence_mixer``."""
-    from recbole_efficient.model import EfficientSequentialRecommender
-    from recbole_efficient.utils import get_model
-
-    cls = get_model(model_name)
-    return isinstance(cls, type) and issubclass(cls, EfficientSequentialRecommender) and \
-        cls.drop_sequence_mixer is not EfficientSequentialRecommender.drop_sequence_mixer
-
-
-def default_models():
-    """Our registered models, then RecBole's reference models."""
-    from recbole_efficient.model import MODELS
-
-    return list(MODELS) + [m for m in RECBOLE_BASELINES if m not in MODELS]
-
-
-def _key_value(text):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), C.parse_value(value)
-
-
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("efficiency", __doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="issue 10's training or inference setting (see the module docstring); "
-                        "explicit flags win")
+                   help="the long-sequence training or inference setting (see the module "
+                        "docstring); explicit flags win")
     p.add_argument("--models", nargs="+", default=None,
                    help="model class names or variants Name@key=value,...[,floor] (default: "
                         "every recbole_efficient model, then " + ", ".join(RECBOLE_BASELINES)
@@ -147,9 +119,7 @@ def build_parser():
                    help="hidden size (GRU4Rec: embedding_size and hidden_size); default: yaml")
     p.add_argument("--n_layers", type=int, default=None,
                    help="layers (n_layers or num_layers); default: yaml")
-    p.add_argument("--set", dest="extra", action="append", type=_key_value, default=[],
-                   metavar="KEY=VALUE",
-                   help="any other config key, applied to the models whose yaml defines it")
+    cli.add_set_option(p)
     p.add_argument("--train_mode", choices=["augmented", "all_positions"], default=None,
                    help="for recbole_efficient models (default: each model's yaml); RecBole's "
                         "models always train augmented")
@@ -166,7 +136,7 @@ def build_parser():
                    help="wall: elapsed time; cpu: this process's CPU time (CPU device only), "
                         "steadier on a machine shared with other jobs")
     p.add_argument("--cpu_memory", choices=["profiler", "rss", "none"], default="profiler",
-                   help="how peak memory is measured on CPU (see benchmarks/common.py)")
+                   help="how peak memory is measured on CPU (see benchmarks/measure.py)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads on CPU; 0: torch's default. One thread by default: "
                         "on a shared machine multi-threaded small ops stall on descheduled threads "
@@ -185,13 +155,8 @@ def parse_args(argv=None):
         out = DEFAULT_OUT.parent / f"efficiency_{args.preset}"
         parser.set_defaults(**PRESETS[args.preset], out=str(out))
         args = parser.parse_args(argv)
-        if args.models is None:
-            from recbole_efficient.model import MODELS
-
-            args.models = list(MODELS) + ["SASRec"]
-    args.models = args.models or default_models()
-    from recbole_efficient.utils import get_model
-
+    args.models = args.models or models.default_models(
+        ("SASRec",) if args.preset else RECBOLE_BASELINES)
     variants = []
     for text in args.models:
         try:
@@ -199,13 +164,13 @@ def parse_args(argv=None):
             get_model(variant.model)
         except ValueError as err:
             parser.error(str(err))
-        if variant.floor and not has_floor(variant.model):
+        if variant.floor and not models.has_floor(variant.model):
             parser.error(f"{text}: {variant.model} has no drop_sequence_mixer(), so no floor")
         variants.append(variant)
     if args.floors:  # each floor right after its model
         labels = set(args.models)
         args.models = [label for v in variants for label in
-                       ([v.label, floor_label(v)] if not v.floor and has_floor(v.model)
+                       ([v.label, floor_label(v)] if not v.floor and models.has_floor(v.model)
                         and floor_label(v) not in labels else [v.label])]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
@@ -228,9 +193,8 @@ def batch_size_for(setting, seq_len, args):
 def model_overrides(name, seq_len, args, variant_overrides=None):
     """Config overrides of model ``name`` at length ``seq_len``: sizes and ``--set`` keys its
     yaml defines, then a variant's own overrides."""
-    extra = dict(args.extra)
-    over = C.size_overrides(name, args.hidden_size, args.n_layers, extra)
-    defaults = C.model_yaml_defaults(name)
+    over = models.size_overrides(name, args.hidden_size, args.n_layers, dict(args.extra))
+    defaults = models.model_yaml_defaults(name)
     if "k_interests" in defaults:  # LightSANs: no more interests than positions
         k = over.get("k_interests", defaults["k_interests"])
         if k > seq_len:
@@ -240,9 +204,13 @@ def model_overrides(name, seq_len, args, variant_overrides=None):
 
 
 class EfficiencyBenchmark:
-    def __init__(self, args, log=print):
+    """Measures every model of ``args`` at every length; :meth:`run` returns the results
+    (``command``: the command line they record)."""
+
+    def __init__(self, args, log=print, command=None):
         self.args = args
         self.log = log
+        self.command = command
         self.device = torch.device(args.device)
         self.variants = {label: parse_variant(label) for label in args.models}
         self.points = []
@@ -275,10 +243,11 @@ class EfficiencyBenchmark:
             variant = self.variants[name]
             over = model_overrides(variant.model, seq_len, self.args, variant.overrides)
             try:
-                model, config, info = C.build_model(variant.model, seq_len, self.args.n_items, over,
-                                                    self.args.train_mode, self.device,
-                                                    self.args.seed, floor=variant.floor)
-                optimizer = C.build_optimizer(model, config)
+                model, config, info = models.build_model(variant.model, seq_len, self.args.n_items,
+                                                         over, self.args.train_mode,
+                                                         self.device, self.args.seed,
+                                                         floor=variant.floor)
+                optimizer = models.optimizer_for(model, config)
             except Exception as err:  # noqa: BLE001 - recorded as the point's status
                 errors[name] = f"{type(err).__name__}: {err}"[:300]
                 self.log(f"  {name}: build failed: {errors[name]}")
@@ -346,15 +315,15 @@ class EfficiencyBenchmark:
         for name in todo:
             b = built[name]
             cfg, mode = b["config"], b["info"]["train_mode"]
-            data = C.make_batch(cfg, batch, seq_len, args.n_items, mode, kind == "train",
-                                self.device, args.seed)
+            data = steps.make_batch(cfg, batch, seq_len, args.n_items, mode, kind == "train",
+                                    self.device, args.seed)
             amp = AMP_DTYPES[args.amp]
             if kind == "train":
                 calls[name] = (lambda m=b["model"], o=b["optimizer"], d=data, c=b["clip"],
                                f=b["info"]["loss_fn"], s=b["scaler"]:
-                               C.train_step(m, o, d, c, f, amp, s))
+                               steps.train_step(m, o, d, c, f, amp, s))
             else:
-                calls[name] = lambda m=b["model"], d=data: C.inference_step(m, d, amp)
+                calls[name] = lambda m=b["model"], d=data: steps.inference_step(m, d, amp)
             outcome[name] = {"status": "ok", "times": [], "elapsed": 0.0}
 
         active = list(todo)
@@ -362,9 +331,9 @@ class EfficiencyBenchmark:
             for name in list(active):
                 res = outcome[name]
                 try:
-                    t = C.timed(calls[name], self.device, self.args.clock)
+                    t = measure.timed(calls[name], self.device, self.args.clock)
                 except Exception as err:  # noqa: BLE001
-                    res.update(status="oom" if C.is_oom(err) else "error",
+                    res.update(status="oom" if measure.is_oom(err) else "error",
                                note=f"{type(err).__name__}: {err}"[:300])
                     active.remove(name)
                     self._free_after_error()
@@ -397,9 +366,9 @@ class EfficiencyBenchmark:
         args = self.args
         try:
             if self.device.type == "cuda":
-                return C.cuda_peak_bytes(call, self.device), "cuda_max_memory_allocated"
+                return measure.cuda_peak_bytes(call, self.device), "cuda_max_memory_allocated"
             if args.cpu_memory == "profiler":
-                return C.profiler_peak_bytes(call), "cpu_profiler_allocations"
+                return measure.profiler_peak_bytes(call), "cpu_profiler_allocations"
             if args.cpu_memory == "rss":
                 b = built[name]
                 spec = {"model": self.variants[name].model, "max_len": seq_len,
@@ -410,7 +379,7 @@ class EfficiencyBenchmark:
                 key = (name, seq_len, batch)
                 cache = self.__dict__.setdefault("_rss_cache", {})
                 if key not in cache:  # one subprocess measures both kinds
-                    cache[key] = C.rss_point_in_subprocess(spec)
+                    cache[key] = rss_point.in_subprocess(spec)
                 return cache[key].get(kind), "cpu_rss_subprocess"
         except Exception as err:  # noqa: BLE001 - memory is reported as missing
             self.log(f"  {name}: memory measurement failed: {type(err).__name__}: {err}")
@@ -426,7 +395,7 @@ class EfficiencyBenchmark:
         status = res["status"]
         key = (name, kind, setting)
         if status == "ok":
-            self.last[key] = (seq_len, batch, C.median(times))
+            self.last[key] = (seq_len, batch, measure.median(times))
         elif status in ("too_slow", "oom") and key not in self.stopped:
             self.stopped[key] = f"{STATUS_TEXT[status]} at L={seq_len}"
         note = res.get("note", "")
@@ -436,7 +405,7 @@ class EfficiencyBenchmark:
             "model": name, "train_mode": mode, "kind": kind, "setting": setting,
             "seq_len": seq_len, "batch_size": batch, "tokens": batch * seq_len,
             "status": status,
-            "time_s_median": C.median(times) if status == "ok" else None,
+            "time_s_median": measure.median(times) if status == "ok" else None,
             "time_s_min": min(times) if status == "ok" else None,
             "time_s_max": max(times) if status == "ok" else None,
             "time_s_all": [round(t, 6) for t in times] if status == "ok" else [],
@@ -451,8 +420,8 @@ class EfficiencyBenchmark:
         parts = []
         for name, res in outcome.items():
             if res["status"] == "ok":
-                mem = C.fmt_mib(res.get("mem"))
-                parts.append(f"{name} {C.fmt_seconds_ms(C.median(res['times']))} ms"
+                mem = report.fmt_mib(res.get("mem"))
+                parts.append(f"{name} {report.fmt_seconds_ms(measure.median(res['times']))} ms"
                              + (f" / {mem} MiB" if mem else ""))
             else:
                 parts.append(f"{name} {STATUS_TEXT.get(res['status'], res['status'])}")
@@ -474,11 +443,13 @@ class EfficiencyBenchmark:
                     rows.append({
                         "model": name, "train_mode": self.model_info.get(name, {}).get("train_mode"),
                         "kind": kind, "setting": setting,
-                        "time_exponent": _round(C.fit_exponent(xs, per_seq_t)),
-                        "memory_exponent": _round(C.fit_exponent(xs, per_seq_m)),
+                        "time_exponent": _round(measure.fit_exponent(xs, per_seq_t)),
+                        "memory_exponent": _round(measure.fit_exponent(xs, per_seq_m)),
                         # between the two largest lengths: closest to the asymptotic growth
-                        "time_exponent_tail": _round(C.fit_exponent(xs[-2:], per_seq_t[-2:])),
-                        "memory_exponent_tail": _round(C.fit_exponent(xs[-2:], per_seq_m[-2:])),
+                        "time_exponent_tail": _round(measure.fit_exponent(xs[-2:],
+                                                                          per_seq_t[-2:])),
+                        "memory_exponent_tail": _round(measure.fit_exponent(xs[-2:],
+                                                                            per_seq_m[-2:])),
                         "lengths": xs,
                     })
         return rows
@@ -486,11 +457,10 @@ class EfficiencyBenchmark:
     def results(self):
         args = self.args
         meta = {
-            "command": "python benchmarks/efficiency.py " + " ".join(sys.argv[1:])
-            if Path(sys.argv[0]).name == "efficiency.py" else None,
+            "command": self.command,
             "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "wall_seconds": round(getattr(self, "wall_seconds", 0.0), 1),
-            "environment": C.environment(self.device),
+            "environment": report.environment(self.device),
             "args": {k: v for k, v in vars(args).items()},
             "memory_method": ("cuda_max_memory_allocated" if self.device.type == "cuda"
                               else {"profiler": "cpu_profiler_allocations",
@@ -508,6 +478,159 @@ def _round(x, nd=2):
 CSV_FIELDS = ["model", "train_mode", "kind", "setting", "seq_len", "batch_size", "tokens", "status",
               "time_s_median", "time_s_min", "time_s_max", "repeats", "peak_mem_bytes",
               "mem_method", "n_params", "time_s_all", "note"]
+SECTIONS = {"train": ("Training step (forward + backward + optimiser step)", "Time per step"),
+            "inference": ("Inference (`full_sort_predict` on one batch)", "Latency per batch")}
+MEMORY_METHODS = {
+    "cpu_profiler_allocations": "peak of torch's CPU tensor allocations during the call "
+                                "(torch.profiler memory events), above what existed before it",
+    "cpu_rss_subprocess": "peak RSS growth during the call, in a fresh subprocess per point "
+                          "(glibc mmap threshold 64 KiB, peak mark reset after one warm-up call)",
+    "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the call minus "
+                                 "memory_allocated before it",
+    None: "not measured",
+}
+SHORT = {"train": "train", "inference": "infer", "tokens": "const. tokens",
+         "batch": "const. batch", "time": "time", "memory": "mem"}
+
+
+def _ms(p):
+    return report.fmt_seconds_ms(p["time_s_median"])
+
+
+def _us_per_token(p):
+    return None if p["time_s_median"] is None else f"{p['time_s_median'] / p['tokens'] * 1e6:.1f}"
+
+
+def _mib(p):
+    return report.fmt_mib(p["peak_mem_bytes"])
+
+
+class _Report:
+    """The results of one run, looked up by model, kind, setting and length, as table rows."""
+
+    def __init__(self, results):
+        self.results, self.meta = results, results["meta"]
+        self.args = args = self.meta["args"]
+        self.models, self.lengths = args["models"], args["lengths"]
+        self.points = {(p["model"], p["kind"], p["setting"], p["seq_len"]): p
+                       for p in results["points"]}
+        self.expo = {(e["model"], e["kind"], e["setting"]): e for e in results["exponents"]}
+        self.modes = {m: (results["models"].get(m) or {}).get("train_mode", "")
+                      for m in self.models}
+        variants = [parse_variant(m) for m in self.models]
+        self.floors = {v.label: floor_label(v) for v in variants
+                       if not v.floor and floor_label(v) in self.models}
+
+    def exponent(self, m, kind, setting, key):
+        """``"full / tail"`` exponents (tail: the two largest lengths), or the full one alone
+        when there are only two lengths."""
+        e = self.expo.get((m, kind, setting)) or {}
+        full, tail = e.get(key), e.get(key + "_tail")
+        if full is None:
+            return ""
+        return f"{full:.2f}" if tail is None or len(e.get("lengths", [])) <= 2 \
+            else f"{full:.2f} / {tail:.2f}"
+
+    def cell(self, m, kind, setting, length, value):
+        p = self.points.get((m, kind, setting, length))
+        if p is None:
+            return ""
+        if p["status"] != "ok":
+            return STATUS_TEXT.get(p["status"], p["status"])
+        v = value(p)
+        return v if v is not None else "n/a"
+
+    def ratio_cell(self, m, to, kind, setting, length):
+        p, r = (self.points.get((x, kind, setting, length)) for x in (m, to))
+        if p and r and p["status"] == "ok" and r["status"] == "ok":
+            return f"{p['time_s_median'] / r['time_s_median']:.2f}"
+        return self.cell(m, kind, setting, length, None) if p and p["status"] != "ok" else ""
+
+    def length_table(self, kind, setting, value=None, exponent_key=None, relative_to=None):
+        """A row per model, a column per length: ``value(point)``, or the time relative to
+        model ``relative_to(m)`` (rows without one are left out); then the exponent."""
+        columns = [f"L={L} (B={batch_size_for(setting, L, argparse.Namespace(**self.args))})"
+                   if setting == "tokens" else f"L={L}" for L in self.lengths]
+        headers = ["model", "train_mode"] + columns
+        if exponent_key:
+            headers.append("exponent (all / last 2)")
+        rows = []
+        for m in self.models:
+            to = relative_to(m) if relative_to else None
+            if relative_to and to is None:
+                continue
+            row = [m, self.modes[m]] + [self.ratio_cell(m, to, kind, setting, L) if to else
+                                        self.cell(m, kind, setting, L, value)
+                                        for L in self.lengths]
+            rows.append(row + ([self.exponent(m, kind, setting, exponent_key)]
+                               if exponent_key else []))
+        return report.markdown_table(headers, rows)
+
+    def models_table(self):
+        rows = []
+        for m in self.models:
+            info = self.results["models"].get(m) or {}
+            n_params = info.get("n_params") or {}
+            first = n_params[min(n_params, key=int)] if n_params else None  # JSON keys are str
+            rows.append([m, self.modes[m], None if first is None else f"{first:,}",
+                         ", ".join(f"{k}={v}" for k, v in (info.get("overrides") or {}).items())])
+        return report.markdown_table(["model", "train_mode", "parameters (at smallest L)",
+                                      "overrides"], rows)
+
+    def exponents_table(self):
+        """Every exponent of every model in one table (None if nothing was measured)."""
+        cols = [(k, s, q) for k in self.args["kinds"] for q in ("time", "memory")
+                for s in self.args["settings"] if q == "time" or self.meta["memory_method"]]
+        if not cols:
+            return None
+        return report.markdown_table(
+            ["model", "train_mode"] + [f"{SHORT[k]} {SHORT[q]}, {SHORT[s]}" for k, s, q in cols],
+            [[m, self.modes[m]] + [self.exponent(m, k, s, f"{q}_exponent") for k, s, q in cols]
+             for m in self.models])
+
+    def kind_tables(self, kind):
+        """``(heading, table)`` of every table of a training step or an inference call."""
+        what, ref = SECTIONS[kind][1], self.args["reference"]
+        specs = [(f"{what} (ms)", dict(value=_ms, exponent_key="time_exponent")),
+                 ("Time per token (µs)", dict(value=_us_per_token))]
+        if self.floors:
+            specs.append((f"{what} relative to the model's floor (its sequence mixer removed)",
+                          dict(relative_to=self.floors.get)))
+        specs.append((f"{what} relative to {ref}", dict(relative_to=lambda m: ref)))
+        if self.meta["memory_method"]:
+            specs.append(("Peak memory (MiB)", dict(value=_mib, exponent_key="memory_exponent")))
+        return [(f"### {heading}, {_setting_title(setting, self.args)}",
+                 self.length_table(kind, setting, **spec))
+                for heading, spec in specs for setting in self.args["settings"]]
+
+    def preamble(self):
+        """The run's command, date, machine, sizes and methods, a bullet each."""
+        meta, args, env = self.meta, self.args, self.meta["environment"]
+        amp = args.get("amp", "off")
+        limit = args["max_seconds_per_point"]
+        return [
+            f"- command: `{meta['command'] or 'efficiency.run'}`",
+            f"- date (UTC): {meta['date_utc']}; wall time of the run: {meta['wall_seconds']} s",
+            f"- device: {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
+            f"{env['cpu_count']} CPUs, torch {env['torch']} with {env['torch_threads']} threads; "
+            f"{env['platform']}"
+            + (f"; autocast {amp}" + (" with a GradScaler" if amp == "fp16" else "")
+               if amp != "off" else ""),
+            f"- models built from their yaml defaults, n_items={args['n_items']}"
+            + (f", hidden_size={args['hidden_size']}" if args["hidden_size"] else "")
+            + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
+            + (", " + ", ".join(f"{k}={v}" for k, v in args["extra"]) if args["extra"] else "")
+            + "; random full-length sequences (no padding)",
+            f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up "
+            f"calls ({'CPU time of the process' if args.get('clock') == 'cpu' else 'wall clock'}), "
+            "models interleaved call by call; "
+            + (f"a point is skipped (too slow) when its calls would exceed {limit:g} s, and so "
+               "are larger L of that model and setting" if limit else "no time limit per point"),
+            f"- peak memory: {MEMORY_METHODS[meta['memory_method']]}",
+            "- exponent: least-squares slope of log(cost per sequence) against log(L) over the "
+            "measured lengths (cost per sequence = figure / batch size): 1 = linear, 2 = "
+            "quadratic in L",
+        ]
 
 
 def _setting_title(setting, args):
@@ -516,165 +639,33 @@ def _setting_title(setting, args):
     return f"constant batch size ({args['batch_size']})"
 
 
-def _cell(point, value):
-    if point is None:
-        return ""
-    if point["status"] != "ok":
-        return STATUS_TEXT.get(point["status"], point["status"])
-    return value if value is not None else "n/a"
-
-
 def markdown_report(results):
-    meta, points, args = results["meta"], results["points"], results["meta"]["args"]
-    env = meta["environment"]
-    lengths, models = args["lengths"], args["models"]
-    ref = args["reference"]
-    index = {(p["model"], p["kind"], p["setting"], p["seq_len"]): p for p in points}
-    expo = {(e["model"], e["kind"], e["setting"]): e for e in results["exponents"]}
-    modes = {m: (results["models"].get(m) or {}).get("train_mode", "") for m in models}
-
-    def exp_cell(m, kind, setting, exp_key):
-        e = expo.get((m, kind, setting)) or {}
-        full, tail = e.get(exp_key), e.get(exp_key + "_tail")
-        if full is None:
-            return ""
-        return f"{full:.2f}" if tail is None or len(e.get("lengths", [])) <= 2 \
-            else f"{full:.2f} / {tail:.2f}"
-
-    def header(setting):
-        cols = []
-        for L in lengths:
-            b = batch_size_for(setting, L, argparse.Namespace(**args))
-            cols.append(f"L={L} (B={b})" if setting == "tokens" else f"L={L}")
-        return cols
-
-    floors = {m: floor_label(parse_variant(m)) for m in models
-              if not parse_variant(m).floor and floor_label(parse_variant(m)) in models}
-
-    def table(kind, setting, fmt, exp_key, ratio=False, to=lambda m: ref, exponent=True):
-        exponent = exponent and not ratio
-        head = ["model", "train_mode"] + header(setting) + (["exponent (all / last 2)"]
-                                                            if exponent else [])
-        rows = []
-        for m in models:
-            if ratio and to(m) is None:
-                continue
-            row = [m, modes[m]]
-            for L in lengths:
-                p = index.get((m, kind, setting, L))
-                if ratio:
-                    r = index.get((to(m), kind, setting, L))
-                    ok = p and r and p["status"] == "ok" and r["status"] == "ok"
-                    row.append(f"{p['time_s_median'] / r['time_s_median']:.2f}" if ok
-                               else _cell(p, None) if p and p["status"] != "ok" else "")
-                else:
-                    row.append(_cell(p, fmt(p) if p else None))
-            if exponent:
-                row.append(exp_cell(m, kind, setting, exp_key))
-            rows.append(row)
-        return C.markdown_table(head, rows)
-
-    t = lambda p: C.fmt_seconds_ms(p["time_s_median"])  # noqa: E731
-    per_token = lambda p: (None if p["time_s_median"] is None  # noqa: E731
-                           else f"{p['time_s_median'] / p['tokens'] * 1e6:.1f}")
-    mem = lambda p: C.fmt_mib(p["peak_mem_bytes"])  # noqa: E731
-    mem_desc = {
-        "cpu_profiler_allocations": "peak of torch's CPU tensor allocations during the call "
-                                    "(torch.profiler memory events), above what existed before it",
-        "cpu_rss_subprocess": "peak RSS growth during the call, in a fresh subprocess per point "
-                              "(glibc mmap threshold 64 KiB, peak mark reset after one warm-up call)",
-        "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the call minus "
-                                     "memory_allocated before it",
-        None: "not measured",
-    }[meta["memory_method"]]
-    lines = [
-        "# Efficiency: time and memory against sequence length",
-        "",
-        f"- command: `{meta['command'] or 'efficiency.run'}`",
-        f"- date (UTC): {meta['date_utc']}; wall time of the run: {meta['wall_seconds']} s",
-        f"- device: {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
-        f"{env['cpu_count']} CPUs, torch {env['torch']} with {env['torch_threads']} threads; "
-        f"{env['platform']}"
-        + (f"; autocast {args['amp']}" + (" with a GradScaler" if args["amp"] == "fp16" else "")
-           if args.get("amp", "off") != "off" else ""),
-        f"- models built from their yaml defaults, n_items={args['n_items']}"
-        + (f", hidden_size={args['hidden_size']}" if args["hidden_size"] else "")
-        + (f", n_layers={args['n_layers']}" if args["n_layers"] else "")
-        + (", " + ", ".join(f"{k}={v}" for k, v in args["extra"]) if args["extra"] else "")
-        + "; random full-length sequences (no padding)",
-        f"- each figure: median of {args['repeats']} calls after {args['warmup']} warm-up calls "
-        f"({'CPU time of the process' if args.get('clock') == 'cpu' else 'wall clock'}), "
-        "models interleaved call by call; "
-        + (f"a point is skipped (too slow) when its calls would exceed "
-           f"{args['max_seconds_per_point']:g} s, and so are larger L of that model and setting"
-           if args["max_seconds_per_point"] else "no time limit per point"),
-        f"- peak memory: {mem_desc}",
-        "- exponent: least-squares slope of log(cost per sequence) against log(L) over the measured "
-        "lengths (cost per sequence = figure / batch size): 1 = linear, 2 = quadratic in L",
-        "",
-        "| model | train_mode | parameters (at smallest L) | overrides |",
-        "|---|---|---|---|",
-    ]
-    for m in models:
-        info = results["models"].get(m) or {}
-        n_params = info.get("n_params") or {}
-        first = n_params[min(n_params, key=int)] if n_params else ""  # JSON keys are str
-        over = ", ".join(f"{k}={v}" for k, v in (info.get("overrides") or {}).items())
-        lines.append(f"| {m} | {modes[m]} | {first:,} | {over} |" if first != ""
-                     else f"| {m} | {modes[m]} |  | {over} |")
-    summary_cols = [(k, s, q) for k in args["kinds"] for q in ("time", "memory")
-                    for s in args["settings"] if q == "time" or meta["memory_method"]]
-    if summary_cols:
-        short = {"train": "train", "inference": "infer", "tokens": "const. tokens",
-                 "batch": "const. batch", "time": "time", "memory": "mem"}
-        head = ["model", "train_mode"] + [f"{short[k]} {short[q]}, {short[s]}"
-                                          for k, s, q in summary_cols]
-        rows = [[m, modes[m]] + [exp_cell(m, k, s, f"{q}_exponent") for k, s, q in summary_cols]
-                for m in models]
+    """efficiency.md of ``results`` (what :meth:`EfficiencyBenchmark.run` returns, or the JSON
+    it was written to)."""
+    view = _Report(results)
+    lines = ["# Efficiency: time and memory against sequence length", "", *view.preamble(), "",
+             view.models_table()]
+    exponents = view.exponents_table()
+    if exponents:
         lines += ["", "## Growth exponents in L (all lengths / two largest lengths)", "",
                   "Slope of log(cost per sequence) against log(L); 1 = linear, 2 = quadratic.",
-                  "", C.markdown_table(head, rows)]
-    sections = [
-        ("train", "Training step (forward + backward + optimiser step)"),
-        ("inference", "Inference (`full_sort_predict` on one batch)"),
-    ]
-    for kind, title in sections:
-        if kind not in args["kinds"]:
-            continue
-        lines += ["", f"## {title}"]
-        what = "Time per step" if kind == "train" else "Latency per batch"
-        for setting in args["settings"]:
-            lines += ["", f"### {what} (ms), {_setting_title(setting, args)}", "",
-                      table(kind, setting, t, "time_exponent")]
-        for setting in args["settings"]:
-            lines += ["", f"### Time per token (µs), {_setting_title(setting, args)}", "",
-                      table(kind, setting, per_token, None, exponent=False)]
-        if floors:
-            for setting in args["settings"]:
-                lines += ["", f"### {what} relative to the model's floor (its sequence mixer "
-                          f"removed), {_setting_title(setting, args)}", "",
-                          table(kind, setting, t, None, ratio=True, to=floors.get)]
-        for setting in args["settings"]:
-            lines += ["", f"### {what} relative to {ref}, {_setting_title(setting, args)}", "",
-                      table(kind, setting, t, None, ratio=True)]
-        if meta["memory_method"]:
-            for setting in args["settings"]:
-                lines += ["", f"### Peak memory (MiB), {_setting_title(setting, args)}", "",
-                          table(kind, setting, mem, "memory_exponent")]
-    lines.append("")
-    return "\n".join(lines)
+                  "", exponents]
+    for kind in (k for k in SECTIONS if k in view.args["kinds"]):
+        lines += ["", f"## {SECTIONS[kind][0]}"]
+        for heading, table in view.kind_tables(kind):
+            lines += ["", heading, "", table]
+    return "\n".join(lines + [""])
 
 
 def plots(results, out):
     args, points = results["meta"]["args"], results["points"]
-    models = args["models"]
 
     def panels(value, ylabel):
         out_panels = []
         for kind in args["kinds"]:
             for setting in args["settings"]:
                 series = {}
-                for m in models:
+                for m in args["models"]:
                     pts = sorted((p for p in points if p["model"] == m and p["kind"] == kind
                                   and p["setting"] == setting and p["status"] == "ok"),
                                  key=lambda p: p["seq_len"])
@@ -689,32 +680,30 @@ def plots(results, out):
 
     files = []
     time_png = Path(out) / "efficiency_time.png"
-    C.plot_loglog(panels(lambda p: p["time_s_median"] * 1000, "ms per call"), time_png,
-                  "Time vs sequence length (log-log)", ncols=len(args["settings"]))
+    report.plot_loglog(panels(lambda p: p["time_s_median"] * 1000, "ms per call"), time_png,
+                       "Time vs sequence length (log-log)", ncols=len(args["settings"]))
     files.append(time_png)
     if results["meta"]["memory_method"]:
         mem_png = Path(out) / "efficiency_memory.png"
-        C.plot_loglog(panels(lambda p: p["peak_mem_bytes"] / 2**20 if p["peak_mem_bytes"] else None,
-                             "peak MiB per call"), mem_png,
-                      "Peak memory vs sequence length (log-log)", ncols=len(args["settings"]))
+        report.plot_loglog(
+            panels(lambda p: p["peak_mem_bytes"] / 2**20 if p["peak_mem_bytes"] else None,
+                   "peak MiB per call"), mem_png,
+            "Peak memory vs sequence length (log-log)", ncols=len(args["settings"]))
         files.append(mem_png)
     return files
 
 
 def write_outputs(results, out):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    C.write_json(results, out / "efficiency.json")
-    C.write_csv(results["points"], out / "efficiency.csv", CSV_FIELDS)
+    """efficiency.json, .csv, .md and the plots in ``out``; returns their paths and the
+    markdown."""
     text = markdown_report(results)
-    (out / "efficiency.md").write_text(text)
-    files = [out / "efficiency.json", out / "efficiency.csv", out / "efficiency.md"]
+    files = report.write_results(out, "efficiency", results, text, results["points"], CSV_FIELDS)
     return files + plots(results, out), text
 
 
 def main(argv=None):
     args = parse_args(argv)
-    results = EfficiencyBenchmark(args).run()
+    results = EfficiencyBenchmark(args, command=cli.command_line("efficiency", argv)).run()
     files, text = write_outputs(results, args.out)
     print(text)
     print("wrote " + ", ".join(str(f) for f in files))

@@ -1,35 +1,25 @@
 """On a GPU: the CPU forms of the LRU scan and of the fused cross-entropy against their CUDA
 forms, in one process, interleaved (the CUDA forms are the default there).
 
-    python benchmarks/gpu_paths.py [--lengths 200 1000 2000 4000 8000] [--repeats 10]
+    python -m benchmarks.gpu_paths [--lengths 200 1000 2000 4000 8000] [--repeats 10]
 
 * LRU scan: ``_chunked_scan`` (C vectorised steps inside chunks, nc steps across them: about
   2 sqrt(L) small kernel launches each way) vs ``_matrix_scan`` (two matrix products);
 * cross-entropy: row blocks sized for a CPU cache vs one block.
 
-Training steps of the issue-10 setting (hidden 64, 2 layers, 16,384 tokens per batch, 3,417
-items, fp32) of LRURec, its floor and SoftmaxSASRec's floor, and the scan alone (forward +
-backward, complex64, 64 channels). Each figure: the lower of two medians of ``--repeats``
-steps, the two forms alternating. Prints a markdown table.
+Training steps of the long-sequence training setting (``benchmarks.efficiency --preset
+train``: hidden 64, 2 layers, 16,384 tokens per batch, 3,417 items, fp32) of LRURec, its floor
+and SoftmaxSASRec's floor, and the scan alone (forward + backward, complex64, 64 channels).
+Each figure: the lower of two medians of ``--repeats`` steps, the two forms alternating.
+Prints a markdown table.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import recbole_efficient  # noqa: E402,F401  (NumPy 2 aliases for RecBole)
-from benchmarks import common as C  # noqa: E402
-from recbole_efficient.kernels import cross_entropy, lru_scan  # noqa: E402
+from benchmarks import cli, measure, models, report, steps
+from recbole_efficient.kernels import cross_entropy, lru_scan
 
 DEFAULTS = (lru_scan._scan, cross_entropy._row_blocks)
 
@@ -46,49 +36,39 @@ def use(form):
     lru_scan._scan, cross_entropy._row_blocks = FORMS[form]
 
 
-def median_ms(fn, repeats):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def compare(fn, repeats):
+    """The lower of two medians of single calls of ``fn`` under each form, forms alternating."""
     best = {}
     for form in list(FORMS) * 2:
         use(form)
-        best[form] = min(best.get(form, float("inf")), median_ms(fn, repeats))
+        ms = measure.median_ms([fn], 2, repeats, "cuda", block_ms=0)[0]
+        best[form] = min(best.get(form, float("inf")), ms)
     return best
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser("gpu_paths", __doc__)
     p.add_argument("--lengths", nargs="+", type=int, default=[200, 1000, 2000, 4000, 8000])
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     device = torch.device("cuda")
-    print("| L | what | CPU forms (ms) | CUDA forms (ms) | ratio |\n|---|---|---|---|---|")
+    # the header now and each row as it is measured: a run cut short keeps its rows
+    print(report.markdown_table(["L", "what", "CPU forms (ms)", "CUDA forms (ms)", "ratio"], []))
     try:
         for length in args.lengths:
             batch = 16384 // length
             rows = []
             for name, floor in (("LRURec", False), ("LRURec", True), ("SoftmaxSASRec", True)):
-                model, config, info = C.build_model(name, length, 3417,
-                                                    {"hidden_size": 64, "n_layers": 2},
-                                                    "all_positions", device, floor=floor)
-                optimizer = C.build_optimizer(model, config)
-                data = C.make_batch(config, batch, length, 3417, info["train_mode"], True,
-                                    device)
-                step = lambda: C.train_step(model, optimizer, data,  # noqa: E731
-                                            config["clip_grad_norm"])
+                model, config, info = models.build_model(name, length, 3417,
+                                                         {"hidden_size": 64, "n_layers": 2},
+                                                         "all_positions", device, floor=floor)
+                optimizer = models.optimizer_for(model, config)
+                data = steps.make_batch(config, batch, length, 3417, info["train_mode"], True,
+                                        device)
+                step = lambda: steps.train_step(model, optimizer, data,  # noqa: E731
+                                                config["clip_grad_norm"])
                 rows.append((f"{name}{'@floor' if floor else ''} step", compare(step,
                                                                                 args.repeats)))
             u = torch.randn(batch, length, 64, dtype=torch.complex64, device=device,
@@ -99,8 +79,10 @@ def main(argv=None):
                          compare(lambda: lru_scan.lru_scan(lamb, u).abs().sum().backward(),
                                  args.repeats)))
             for what, t in rows:
-                print(f"| {length} | {what} | {t['cpu forms']:.2f} | {t['cuda forms']:.2f} | "
-                      f"{t['cpu forms'] / t['cuda forms']:.2f} |", flush=True)
+                print(report.markdown_row([length, what, f"{t['cpu forms']:.2f}",
+                                           f"{t['cuda forms']:.2f}",
+                                           f"{t['cpu forms'] / t['cuda forms']:.2f}"]),
+                      flush=True)
     finally:
         lru_scan._scan, cross_entropy._row_blocks = DEFAULTS
 

@@ -1,9 +1,9 @@
 """Reproduction: every model on ml-1m under LRURec's and RecBole's protocols, next to the papers.
 
-    uv run python benchmarks/reproduce.py --time_budget 1200 --models LRURec SoftmaxSASRec
-    uv run python benchmarks/reproduce.py --device cuda          # the whole default list
+    python -m benchmarks.reproduce --time_budget 1200 --models LRURec SoftmaxSASRec
+    python -m benchmarks.reproduce --device cuda          # the whole default list
 
-A preset of ``benchmarks/accuracy.py``: each (protocol, model) run trains through the CLI's own
+A preset of :mod:`benchmarks.accuracy`: each (protocol, model) run trains through the CLI's own
 code path (``run_recbole_efficient``) in a working folder of its own under
 ``<out>/runs/<protocol>/<model>/`` (RecBole's log/ and saved/ live there), so that:
 
@@ -31,19 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import accuracy  # noqa: E402
-from benchmarks import common as C  # noqa: E402
+from benchmarks import accuracy, cli, models, report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "reproduce"
 BASELINES = ("SASRec", "GRU4Rec")
@@ -84,16 +78,8 @@ TABLE_FIELDS = ["protocol", "model", "train_mode", "device", "budget_s", "status
                 "ndcg@20", "paper_ndcg@20", "recall@20", "paper_recall@20", "mrr@10", "mrr@20"]
 
 
-def default_models():
-    from recbole_efficient.model import MODELS
-
-    return list(MODELS) + [m for m in BASELINES if m not in MODELS]
-
-
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Any other --key=value is a config override for every run.")
+    p = cli.parser("reproduce", __doc__, overrides_for="run")
     p.add_argument("--models", nargs="+", default=None,
                    help="default: every recbole_efficient model, then " + ", ".join(BASELINES))
     p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
@@ -116,15 +102,14 @@ def build_parser():
 
 def parse_args(argv=None):
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    args = cli.parse_with_overrides(parser, argv)
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible here (torch.cuda."
                          "is_available() is False); run on CPU with --device cpu")
-    args.overrides = accuracy.parse_overrides(rest)
-    args.models = args.models or default_models()
+    args.models = args.models or models.default_models(BASELINES)
     args.data_path = str(Path(args.data_path).resolve())
     args.out = str(Path(args.out).resolve())
     if args.device == "cuda" and args.time_budget is None:
@@ -135,7 +120,7 @@ def parse_args(argv=None):
 
 
 def run_args(args, protocol):
-    """The ``accuracy.py`` arguments of one protocol."""
+    """The :mod:`benchmarks.accuracy` arguments of one protocol."""
     overrides = {**COMMON, **PROTOCOLS[protocol]["config"],
                  "gpu_id": "0" if args.device == "cuda" else "", **args.overrides}
     exclude = overrides.pop("exclude_history")
@@ -254,8 +239,8 @@ def markdown_report(meta, rows):
         if not mine:
             continue
         lines += ["", f"## {PROTOCOLS[protocol]['title']}", "",
-                  C.markdown_table(TABLE_FIELDS[1:], [[_fmt(r.get(k)) for k in TABLE_FIELDS[1:]]
-                                                      for r in mine])]
+                  report.markdown_table(TABLE_FIELDS[1:],
+                                        [[_fmt(r.get(k)) for k in TABLE_FIELDS[1:]] for r in mine])]
         errors = [r for r in mine if r.get("status") == "error"]
         lines += [f"- {r['model']}: {r.get('error', '')}" for r in errors]
     return "\n".join(lines) + "\n"
@@ -287,13 +272,11 @@ def plot_curves(rows, path):
 
 
 def write_reports(meta, rows, out):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    C.write_json({"meta": meta, "rows": rows}, out / "reproduce.json")
-    C.write_csv(rows, out / "reproduce.csv", TABLE_FIELDS + ["error"])
+    """reproduce.json, .csv, .md and reproduce_curves.png in ``out``; returns the markdown."""
     text = markdown_report(meta, rows)
-    (out / "reproduce.md").write_text(text)
-    plot_curves(rows, out / "reproduce_curves.png")
+    report.write_results(out, "reproduce", {"meta": meta, "rows": rows}, text, rows,
+                         TABLE_FIELDS + ["error"])
+    plot_curves(rows, Path(out) / "reproduce_curves.png")
     return text
 
 
@@ -325,11 +308,11 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = {
-        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": cli.command_line("reproduce", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "dataset": args.dataset, "device": args.device, "seed": args.seed, "epochs": args.epochs,
         "time_budget": args.time_budget, "protocols": args.protocols, "models": args.models,
-        "overrides": args.overrides, "environment": C.environment(args.device),
+        "overrides": args.overrides, "environment": report.environment(args.device),
         "dataset_check": checked,
     }
     print(meta["dataset_check"], flush=True)

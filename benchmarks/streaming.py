@@ -1,6 +1,6 @@
 """Streaming inference vs re-encoding the whole history, for every model with the API.
 
-    python benchmarks/streaming.py --models LRURec LinRec --lengths 200 1000 2000 --threads 1
+    python -m benchmarks.streaming --models LRURec LinRec --lengths 200 1000 2000 --threads 1
 
 For each model with streaming inference (``model.supports_streaming()``; by default every
 registered model that has it) and each history length L: the latency of scoring all items after
@@ -8,78 +8,31 @@ one new item arrives, (a) by re-encoding the whole history of L items (``full_so
 and (b) by one ``step`` from the state of the first L-1 items (``build_state``), plus the cost
 of ``build_state`` itself. Medians over ``--repeats`` timed samples after ``--warmup`` untimed
 calls; each sample is a ~``--block_ms`` block of consecutive calls of one kind (steady-state
-latency, see :func:`median_ms`), blocks of every call of every model interleaved; random weights (timing only) with hidden 64 and
-2 layers (the LRURec paper's sizes; other keys from each model's yaml) and ML-1M's item count,
-``MAX_ITEM_LIST_LENGTH`` = the largest L (models with learned positions stream up to it).
-Also checks that both paths give the same scores.
+latency, see :func:`benchmarks.measure.median_ms`), blocks of every call of every model
+interleaved; random weights (timing only) with hidden 64 and 2 layers (the LRURec paper's
+sizes; other keys from each model's yaml) and ML-1M's item count, ``MAX_ITEM_LIST_LENGTH`` =
+the largest L (models with learned positions stream up to it). Also checks that both paths
+give the same scores.
 """
 
-import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.common import build_model, parse_value, size_overrides, synchronize  # noqa: E402
-
-
-def median_ms(fns, warmup, repeats, sync, block_ms=5.0):
-    """Median milliseconds per call of each function.
-
-    Each timed sample is a block of consecutive calls of one function lasting about
-    ``block_ms`` (one call if a call takes longer), after one untimed call of the same
-    function, divided by the number of calls: the steady-state latency of a stream of such
-    calls. Blocks of the different functions are interleaved so that load changes on the
-    machine affect all of them alike. Timing single sub-millisecond calls between other work
-    measures the machine instead: here a LinRec step takes ~0.4 ms back to back but ~2 ms
-    right after a 15 ms ``time.sleep`` (caches and the core's state lost), ~1 ms right after a
-    2000-item re-encode (``--block_ms 0`` times single calls, interleaved, no untimed call).
-    """
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    calls = []
-    for fn in fns:  # calls per block, from one timed call after the warm-up
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        single_ms = (time.perf_counter() - start) * 1e3
-        calls.append(max(1, round(block_ms / single_ms)) if block_ms > 0 else 1)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, n, bucket in zip(fns, calls, times):
-            if block_ms > 0:
-                fn()
-            sync()
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-                sync()  # latency, not throughput: on CUDA the next call must not overlap
-            bucket.append((time.perf_counter() - start) * 1e3 / n)
-    return [statistics.median(t) for t in times]
+from benchmarks import cli, measure, models, report
 
 
 def streaming_models(args, device):
     """``{name: model}`` in eval mode for every requested model that can stream."""
-    from recbole_efficient.model import MODELS
-
-    names = args.models or list(MODELS)
-    models = {}
-    for name in names:
-        over = size_overrides(name, args.hidden_size, args.n_layers, dict(args.extra))
-        model, _, _ = build_model(name, max(args.lengths), args.n_items, over, device=device)
+    built = {}
+    for name in args.models or models.default_models(baselines=()):
+        over = models.size_overrides(name, args.hidden_size, args.n_layers, dict(args.extra))
+        model, _, _ = models.build_model(name, max(args.lengths), args.n_items, over,
+                                         device=device)
         if model.supports_streaming():
-            models[name] = model.eval()
+            built[name] = model.eval()
         elif args.models:
-            raise SystemExit(f"streaming.py: {name} has no streaming inference with this config")
-    return models
+            raise SystemExit(f"{cli.prog('streaming')}: {name} has no streaming inference with "
+                             "this config")
+    return built
 
 
 def main(argv=None):
@@ -87,8 +40,7 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sync = lambda: synchronize(device)  # noqa: E731
-    models = streaming_models(args, device)
+    built = streaming_models(args, device)
     gen = torch.Generator().manual_seed(0)
 
     rows = []
@@ -97,14 +49,14 @@ def main(argv=None):
             seq = torch.randint(1, args.n_items, (args.batch, length), generator=gen).to(device)
             lens = torch.full((args.batch,), length, device=device)
             calls = []
-            for model in models.values():
+            for model in built.values():
                 inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
                 state = model.build_state(seq[:, :-1], lens - 1)
                 calls += [lambda m=model, i=inter: m.full_sort_predict(i),
                           lambda m=model, s=state: m.step(seq[:, -1], s)[0],
                           lambda m=model: m.build_state(seq, lens)]
-            ms = median_ms(calls, args.warmup, args.repeats, sync, args.block_ms)
-            for k, name in enumerate(models):
+            ms = measure.median_ms(calls, args.warmup, args.repeats, device, args.block_ms)
+            for k, name in enumerate(built):
                 full, step = calls[3 * k](), calls[3 * k + 1]()
                 full_ms, step_ms, build_ms = ms[3 * k:3 * k + 3]
                 diff = (step - full).abs().max().item()
@@ -117,32 +69,25 @@ def main(argv=None):
           f"{args.batch}, device {device} (torch {torch.__version__}, threads {threads}), median "
           f"of {args.repeats} samples ({args.block_ms:g} ms blocks of consecutive calls) after "
           f"{args.warmup} warm-up, models interleaved\n")
-    print("| model | history length | full re-encode (ms) | streaming step (ms) | speed-up "
-          "| build_state (ms) | max abs score diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: (list(models).index(r["model"]), r["length"])):
-        print(f"| {r['model']} | {r['length']} | {r['full_ms']:.2f} | {r['step_ms']:.3f} "
-              f"| {r['speedup']:.0f}x | {r['build_ms']:.2f} | {r['max_abs_diff']:.1e} |")
+    print(report.markdown_table(
+        ["model", "history length", "full re-encode (ms)", "streaming step (ms)", "speed-up",
+         "build_state (ms)", "max abs score diff"],
+        [[r["model"], r["length"], f"{r['full_ms']:.2f}", f"{r['step_ms']:.3f}",
+          f"{r['speedup']:.0f}x", f"{r['build_ms']:.2f}", f"{r['max_abs_diff']:.1e}"]
+         for r in sorted(rows, key=lambda r: (list(built).index(r["model"]), r["length"]))],
+        align=["l"] + ["r"] * 6))
     return rows
 
 
-def _key_value(text):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(value)
-
-
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser("streaming", __doc__)
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: every registered model with streaming inference")
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1000, 2000, 4000])
     parser.add_argument("--batch", type=int, default=1, help="users scored together")
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--n_layers", type=int, default=2)
-    parser.add_argument("--set", dest="extra", action="append", type=_key_value, default=[],
-                        metavar="KEY=VALUE", help="any other key, for the models whose yaml has it")
+    cli.add_set_option(parser, "any other key, for the models whose yaml has it")
     parser.add_argument("--n_items", type=int, default=3417, help="ML-1M has 3,416 items + pad")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)

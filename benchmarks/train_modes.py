@@ -1,14 +1,13 @@
 """Side by side in one run: RecBole's augmented training vs all_positions, and parity of the
 softmax reference with RecBole's SASRec.
 
-    uv run python benchmarks/train_modes.py --epochs 3
+    python -m benchmarks.train_modes --epochs 3
 
 1. SoftmaxSASRec, augmented, ``--epochs`` epochs            -> seconds/epoch, test metrics
 2. RecBole SASRec, augmented, same epochs and seed           -> parity with (1)
 3. SoftmaxSASRec, all_positions, wall-clock budget = time (1) -> seconds/epoch, test metrics
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -16,12 +15,16 @@ import tempfile
 from pathlib import Path
 
 import recbole_efficient
+from benchmarks import cli, report
+
+TABLE_FIELDS = ["model", "train_mode", "epochs", "train_seconds", "seconds_per_epoch",
+                "ndcg@10", "hit@10", "mrr@10"]
 
 
-def train(model, config_dict, workdir):
+def train(model, config_dict, workdir, dataset):
     os.chdir(workdir)
     result = recbole_efficient.run_recbole_efficient(
-        model=model, dataset=ARGS.dataset, config_dict=config_dict, saved=True, read_cmd_line=False)
+        model=model, dataset=dataset, config_dict=config_dict, saved=True, read_cmd_line=False)
     secs = result["train_epoch_seconds"]
     return {
         "model": model, "train_mode": config_dict["train_mode"], "epochs": len(secs),
@@ -30,42 +33,48 @@ def train(model, config_dict, workdir):
     }
 
 
-def main():
-    common = {"MAX_ITEM_LIST_LENGTH": ARGS.max_len, "show_progress": False, "seed": 2020,
-              "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "NDCG@10"}
-    if ARGS.data_path:
-        common["data_path"] = ARGS.data_path
-    aug = dict(common, train_mode="augmented", epochs=ARGS.epochs, train_batch_size=2048,
-               train_neg_sample_args=None)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows.append(train("SoftmaxSASRec", aug, tmp))
-        if not ARGS.skip_sasrec:
-            rows.append(train("SASRec", aug, tmp))
-        budget = rows[0]["train_seconds"]
-        allpos = dict(common, train_mode="all_positions", epochs=10_000,
-                      train_time_budget=budget, train_batch_size=128)
-        rows.append(train("SoftmaxSASRec", allpos, tmp))
-    keys = ["model", "train_mode", "epochs", "train_seconds", "seconds_per_epoch",
-            "ndcg@10", "hit@10", "mrr@10"]
-    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    ratio = rows[0]["seconds_per_epoch"] / rows[-1]["seconds_per_epoch"]
-    text = "\n".join(table) + f"\n\naugmented / all_positions seconds per epoch: {ratio:.1f}x\n"
-    print(text)
-    out = Path(ARGS.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_modes.md").write_text(text)
-    (out / "train_modes.json").write_text(json.dumps(rows, indent=1))
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    parser = cli.parser("train_modes", __doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max_len", type=int, default=50)
     parser.add_argument("--skip_sasrec", action="store_true", help="skip the parity run (2)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ARGS = parser.parse_args()
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).resolve()  # the runs chdir into a temporary folder
+    common = {"MAX_ITEM_LIST_LENGTH": args.max_len, "show_progress": False, "seed": 2020,
+              "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "NDCG@10"}
+    if args.data_path:
+        common["data_path"] = str(Path(args.data_path).resolve())
+    aug = dict(common, train_mode="augmented", epochs=args.epochs, train_batch_size=2048,
+               train_neg_sample_args=None)
+    rows = []
+    cwd = os.getcwd()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(train("SoftmaxSASRec", aug, tmp, args.dataset))
+            if not args.skip_sasrec:
+                rows.append(train("SASRec", aug, tmp, args.dataset))
+            budget = rows[0]["train_seconds"]
+            allpos = dict(common, train_mode="all_positions", epochs=10_000,
+                          train_time_budget=budget, train_batch_size=128)
+            rows.append(train("SoftmaxSASRec", allpos, tmp, args.dataset))
+    finally:
+        os.chdir(cwd)
+    ratio = rows[0]["seconds_per_epoch"] / rows[-1]["seconds_per_epoch"]
+    text = (report.markdown_table(TABLE_FIELDS, [[r.get(k) for k in TABLE_FIELDS] for r in rows])
+            + f"\n\naugmented / all_positions seconds per epoch: {ratio:.1f}x\n")
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_modes.md").write_text(text)
+    (out / "train_modes.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
     main()

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 
+# The benchmarks run as ``python -m benchmarks.<name>`` from the repository root; pytest puts
+# only tests/ on sys.path.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import accuracy, common, efficiency, streaming  # noqa: E402
+from benchmarks import (accuracy, cli, efficiency, measure, models, report,  # noqa: E402
+                        steps, streaming)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,26 +27,26 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("power", [1, 2])
 def test_fit_exponent_recovers_power_law(power):
     lengths = [50, 200, 500, 1000, 2000]
-    assert common.fit_exponent(lengths, [3e-6 * L ** power for L in lengths]) == \
+    assert measure.fit_exponent(lengths, [3e-6 * L ** power for L in lengths]) == \
         pytest.approx(power, abs=0.05)
 
 
 def test_fit_exponent_with_constant_term_and_missing_points():
     lengths = [50, 200, 500, 1000, 2000]
     # a constant overhead flattens the fit; missing / non-positive points are ignored
-    slope = common.fit_exponent(lengths, [1e-2 + 1e-7 * L ** 2 for L in lengths])
+    slope = measure.fit_exponent(lengths, [1e-2 + 1e-7 * L ** 2 for L in lengths])
     assert 0.5 < slope < 1.9
-    assert common.fit_exponent(lengths, [None, 4.0, 0.0, 100.0, None]) == pytest.approx(2.0)
-    assert common.fit_exponent([10], [1.0]) is None
-    assert common.fit_exponent([10, 20], [None, 1.0]) is None
+    assert measure.fit_exponent(lengths, [None, 4.0, 0.0, 100.0, None]) == pytest.approx(2.0)
+    assert measure.fit_exponent([10], [1.0]) is None
+    assert measure.fit_exponent([10, 20], [None, 1.0]) is None
 
 
 # -- building blocks -------------------------------------------------------------------------
 def test_size_overrides_apply_only_keys_the_model_has():
-    assert common.size_overrides("SoftmaxSASRec", 8, 1) == {"hidden_size": 8, "n_layers": 1}
-    assert common.size_overrides("GRU4Rec", 8, 1) == {"hidden_size": 8, "embedding_size": 8,
+    assert models.size_overrides("SoftmaxSASRec", 8, 1) == {"hidden_size": 8, "n_layers": 1}
+    assert models.size_overrides("GRU4Rec", 8, 1) == {"hidden_size": 8, "embedding_size": 8,
                                                       "num_layers": 1}
-    assert common.size_overrides("GRU4Rec", extra={"inner_size": 4, "dropout_prob": 0.1}) == \
+    assert models.size_overrides("GRU4Rec", extra={"inner_size": 4, "dropout_prob": 0.1}) == \
         {"dropout_prob": 0.1}
 
 
@@ -51,17 +54,61 @@ def test_build_model_batches_and_steps_in_both_modes():
     for name, mode in [("SoftmaxSASRec", "all_positions"), ("SoftmaxSASRec", "augmented"),
                        ("GRU4Rec", None), ("LightSANs", None)]:
         over = efficiency.model_overrides(name, 6, efficiency.parse_args(["--hidden_size", "8"]))
-        model, config, info = common.build_model(name, 6, 30, over, mode)
+        model, config, info = models.build_model(name, 6, 30, over, mode)
         assert info["train_mode"] == (mode or "augmented")
-        batch = common.make_batch(config, 3, 6, 30, info["train_mode"], train=True)
+        batch = steps.make_batch(config, 3, 6, 30, info["train_mode"], train=True)
         assert batch["item_id_list"].shape == (3, 6)
         assert ("item_id_target_list" in batch) == (info["train_mode"] == "all_positions")
-        optimizer = common.build_optimizer(model, config)
+        optimizer = models.optimizer_for(model, config)
         before = [p.detach().clone() for p in model.parameters()]
-        common.train_step(model, optimizer, batch, config["clip_grad_norm"])
+        steps.train_step(model, optimizer, batch, config["clip_grad_norm"])
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-        scores = common.inference_step(model, common.make_batch(config, 3, 6, 30, train=False))
+        scores = steps.inference_step(model, steps.make_batch(config, 3, 6, 30, train=False))
         assert scores.shape == (3, 30)
+
+
+def test_median_ms_times_every_function_in_blocks():
+    counts = [0, 0]
+
+    def bump(i):
+        counts[i] += 1
+
+    ms = measure.median_ms([lambda: bump(0), lambda: bump(1)], warmup=1, repeats=3, block_ms=0)
+    assert len(ms) == 2 and all(m >= 0 for m in ms)
+    assert counts == [1 + 1 + 3] * 2  # warm-up, the call that sizes a block, one per sample
+
+
+def test_markdown_table_escapes_and_aligns():
+    table = report.markdown_table(["a", "b|c"], [[1, None], ["x|y", "two\nlines"]],
+                                  align=["l", "r"])
+    assert table.splitlines() == ["| a | b\\|c |", "|:---|---:|", "| 1 |  |",
+                                  "| x\\|y | two lines |"]
+
+
+def test_key_value_options_and_overrides_are_typed_as_recbole_types_them():
+    assert cli.key_value("n_heads=2") == ("n_heads", 2)
+    assert cli.key_value("causal=False") == ("causal", False)
+    assert cli.key_value("learner = adam") == ("learner", " adam")  # the value as given
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        cli.key_value("n_heads")
+    assert cli.parse_overrides(["--a=1", "--b", "[1,2]", "--c=x"]) == {"a": 1, "b": [1, 2],
+                                                                       "c": "x"}
+    for tokens in (["stray"], ["--a"]):
+        with pytest.raises(ValueError):
+            cli.parse_overrides(tokens)
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--epochs", "1", "stray"])
+    assert cli.command_line("efficiency", ["--lengths", "8"]) == \
+        "python -m benchmarks.efficiency --lengths 8"
+
+
+def test_default_models_are_ours_then_the_baselines():
+    from recbole_efficient.model import MODELS
+
+    assert models.default_models() == list(MODELS) + ["SASRec"]
+    assert models.default_models(("GRU4Rec", "SASRec")) == list(MODELS) + ["GRU4Rec", "SASRec"]
+    assert models.default_models(()) == list(MODELS)
+    assert models.has_floor("LRURec") and not models.has_floor("SASRec")
 
 
 def test_profiler_peak_counts_tensor_allocations():
@@ -72,7 +119,7 @@ def test_profiler_peak_counts_tensor_allocations():
         c = torch.ones(1 << 19)  # 2 MiB after the frees
         return c.sum()
 
-    peak = common.profiler_peak_bytes(fn)
+    peak = measure.profiler_peak_bytes(fn)
     assert 8 * 2**20 <= peak < 8.5 * 2**20
 
 
@@ -120,16 +167,16 @@ def test_efficiency_with_autocast_and_a_scaler(tmp_path, monkeypatch, amp):
     """``--amp``: steps under autocast (fp16 with a GradScaler, ELASTIC's sparse memory
     gradients and LRURec's clipping included) run and change the weights."""
     monkeypatch.chdir(tmp_path)
-    steps = []
-    original = efficiency.C.train_step
+    taken = []
+    original = steps.train_step
 
     def spy(model, optimizer, batch, clip, loss_fn, amp_dtype, scaler):
         before = [p.detach().clone() for p in model.parameters()]
         original(model, optimizer, batch, clip, loss_fn, amp_dtype, scaler)
-        steps.append((model.__class__.__name__, amp_dtype, scaler is not None,
+        taken.append((model.__class__.__name__, amp_dtype, scaler is not None,
                       any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))))
 
-    monkeypatch.setattr(efficiency.C, "train_step", spy)
+    monkeypatch.setattr(steps, "train_step", spy)
     results = efficiency.main([
         "--models", "LRURec", "ELASTIC", "--lengths", "16", "--hidden_size", "8", "--n_items",
         "50", "--settings", "batch", "--batch_size", "2", "--repeats", "1", "--warmup", "0",
@@ -137,8 +184,8 @@ def test_efficiency_with_autocast_and_a_scaler(tmp_path, monkeypatch, amp):
         str(tmp_path / "eff")])
     assert all(p["status"] == "ok" for p in results["points"]), results["points"]
     dtype = efficiency.AMP_DTYPES[amp]
-    assert {s[0] for s in steps} == {"LRURec", "ELASTIC"}
-    assert all(s[1] == dtype and s[2] == (amp == "fp16") and s[3] for s in steps), steps
+    assert {s[0] for s in taken} == {"LRURec", "ELASTIC"}
+    assert all(s[1] == dtype and s[2] == (amp == "fp16") and s[3] for s in taken), taken
     assert f"autocast {amp}" in (tmp_path / "eff" / "efficiency.md").read_text()
 
 
@@ -177,6 +224,15 @@ def _assert_tables_well_formed(md):
     for table in tables:
         cells = [line.replace("\\|", "").count("|") for line in table]
         assert len(set(cells)) == 1 and table[1].startswith("|---"), table
+
+
+def test_committed_efficiency_reports_render_again_from_their_json():
+    """Each committed efficiency.md is what the current writer makes of its efficiency.json."""
+    found = sorted((ROOT / "benchmarks" / "results").rglob("efficiency.json"))
+    assert found
+    for path in found:
+        expected = (path.parent / "efficiency.md").read_text()
+        assert efficiency.markdown_report(json.loads(path.read_text())) == expected, path
 
 
 def test_efficiency_marks_too_slow_then_skips_larger_lengths(tmp_path):
@@ -220,12 +276,12 @@ def test_floors_follow_their_models_and_presets_are_defaults():
 
 def test_recbole_all_positions_loss_equals_ours_for_the_same_weights():
     """RecBole's SASRec trained at every position (benchmark adapter) == SoftmaxSASRec."""
-    ours_model, config, info = common.build_model("SoftmaxSASRec", 6, 30, {"hidden_size": 8})
-    theirs, _, theirs_info = common.build_model("SASRec", 6, 30, {"hidden_size": 8},
+    ours_model, config, info = models.build_model("SoftmaxSASRec", 6, 30, {"hidden_size": 8})
+    theirs, _, theirs_info = models.build_model("SASRec", 6, 30, {"hidden_size": 8},
                                                 train_mode="all_positions")
     assert theirs_info["train_mode"] == "all_positions" and info["loss_fn"] is None
     theirs.load_state_dict(ours_model.state_dict())
-    batch = common.make_batch(config, 3, 6, 30, "all_positions")
+    batch = steps.make_batch(config, 3, 6, 30, "all_positions")
     batch["item_length"][1] = 2  # a padded row
     ours_model.eval(), theirs.eval()
     torch.testing.assert_close(theirs_info["loss_fn"](theirs, batch),
@@ -234,13 +290,13 @@ def test_recbole_all_positions_loss_equals_ours_for_the_same_weights():
 
 
 def test_floor_models_build_and_step():
-    model, config, info = common.build_model("LRURec", 6, 30, {"hidden_size": 8}, floor=True)
-    full, _, _ = common.build_model("LRURec", 6, 30, {"hidden_size": 8})
+    model, config, info = models.build_model("LRURec", 6, 30, {"hidden_size": 8}, floor=True)
+    full, _, _ = models.build_model("LRURec", 6, 30, {"hidden_size": 8})
     assert info["floor"] and info["n_params"] < sum(p.numel() for p in full.parameters())
-    optimizer = common.build_optimizer(model, config)
-    common.train_step(model, optimizer, common.make_batch(config, 2, 6, 30, "all_positions"),
-                      config["clip_grad_norm"])
-    assert common.inference_step(model, common.make_batch(config, 2, 6, 30, train=False)).shape \
+    optimizer = models.optimizer_for(model, config)
+    steps.train_step(model, optimizer, steps.make_batch(config, 2, 6, 30, "all_positions"),
+                     config["clip_grad_norm"])
+    assert steps.inference_step(model, steps.make_batch(config, 2, 6, 30, train=False)).shape \
         == (2, 30)
 
 
