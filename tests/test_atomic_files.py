@@ -9,7 +9,7 @@ from recbole.data import data_preparation
 from recbole_efficient import Config, create_dataset
 from recbole_efficient.quick_start import run_recbole_efficient
 
-from conftest import TINY
+from helpers import TINY
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 

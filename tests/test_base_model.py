@@ -1,13 +1,19 @@
-"""Shared base: causality, padding, the two losses, and start-up refusals."""
+"""Shared base: start-up refusals, model lookup, history exclusion, training with AMP and a
+loss scaler, and no process-wide side effects of importing the package (what every model
+guarantees is in test_model_contract)."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_efficient import Config, EfficientSequentialRecommender, get_model
+from recbole_efficient import MODELS, Config, EfficientSequentialRecommender, get_model
 from recbole_efficient.data.dataset import target_list_field
 
-from conftest import TINY, StubDataset, right_padded
+from helpers import TINY, StubDataset, right_padded
 
 
 def make_model(tiny, name="SoftmaxSASRec", **overrides):
@@ -15,56 +21,6 @@ def make_model(tiny, name="SoftmaxSASRec", **overrides):
     config = Config(model=name, dataset=TINY, config_dict=cfg(**overrides), read_cmd_line=False)
     torch.manual_seed(0)
     return config, get_model(name)(config, StubDataset(30)).eval()
-
-
-def test_causal_output_unchanged_by_future_items(tiny):
-    _, model = make_model(tiny)
-    seq = torch.randint(1, 30, (2, 8))
-    lens = torch.tensor([8, 8])
-    out = model.encode(seq, lens)
-    changed = seq.clone()
-    changed[:, 5:] = torch.randint(1, 30, (2, 3))
-    out2 = model.encode(changed, lens)
-    assert torch.allclose(out[:, :5], out2[:, :5], atol=1e-6)
-    assert not torch.allclose(out[:, 5:], out2[:, 5:])
-
-
-def test_right_padding_does_not_change_outputs(tiny):
-    _, model = make_model(tiny)
-    seq = torch.zeros(1, 8, dtype=torch.long)
-    seq[0, :3] = torch.tensor([4, 9, 2])
-    out_short = model.encode(seq[:, :3], torch.tensor([3]))
-    out_padded = model.encode(seq, torch.tensor([3]))
-    assert torch.allclose(out_short[0], out_padded[0, :3], atol=1e-6)
-    assert torch.isfinite(out_padded).all()
-
-
-def test_all_positions_loss_equals_mean_of_prefix_losses(tiny):
-    """For a causal encoder, one window's loss is the average of the per-prefix losses."""
-    config, model = make_model(tiny)
-    seq = torch.tensor([[3, 7, 1, 9, 4, 0, 0, 0]])
-    tgt = torch.tensor([[7, 1, 9, 4, 5, 0, 0, 0]])
-    n = 5
-    inter = Interaction({"item_id_list": seq, "item_length": torch.tensor([n]),
-                         target_list_field(config): tgt, "item_id": torch.tensor([5])})
-    window_loss = model.calculate_loss(inter)
-    prefix_losses = []
-    for t in range(1, n + 1):
-        prefix = torch.zeros_like(seq)
-        prefix[0, :t] = seq[0, :t]
-        prefix_losses.append(model.calculate_loss(Interaction({
-            "item_id_list": prefix, "item_length": torch.tensor([t]), "item_id": tgt[0, t - 1:t]})))
-    assert torch.allclose(window_loss, torch.stack(prefix_losses).mean(), atol=1e-5)
-
-
-def test_bpr_all_positions_runs_and_backprops(tiny):
-    config, model = make_model(tiny, loss_type="BPR", train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
-    model.train()
-    inter = Interaction({"item_id_list": torch.tensor([[3, 7, 1, 0]]), "item_length": torch.tensor([3]),
-                         target_list_field(config): torch.tensor([[7, 1, 9, 0]]), "item_id": torch.tensor([9])})
-    loss = model.calculate_loss(inter)
-    loss.backward()
-    assert torch.isfinite(loss)
 
 
 class NonCausal(EfficientSequentialRecommender):
@@ -116,31 +72,6 @@ def test_exclude_history_masks_input_items(tiny):
     assert torch.isfinite(scores[0, [3, 7]]).all()
 
 
-def test_streaming_protocol_refusals(tiny):
-    """A model without a fixed-size causal state says so; streaming needs eval mode."""
-    _, model = make_model(tiny)
-    assert not model.supports_streaming()
-    with pytest.raises(NotImplementedError, match="full_sort_predict"):
-        model.init_state(2)
-    _, lru = make_model(tiny, name="LRURec")
-    assert lru.supports_streaming() and lru.stream_limit() is None
-    lru.train()
-    with pytest.raises(RuntimeError, match="eval"):
-        lru.init_state(2)
-
-
-def test_stream_limit_refuses_positions_past_max_length(tiny):
-    _, lru = make_model(tiny, name="LRURec")
-    lru.stream_limit = lambda: 3  # as a model with learned positions up to 3 would
-    state = lru.init_state(1)
-    for item in (4, 5, 6):
-        _, state = lru.step(torch.tensor([item]), state)
-    with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=3"):
-        lru.step(torch.tensor([7]), state)
-    with pytest.raises(ValueError, match="build_state"):
-        lru.build_state(torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]))
-
-
 def test_recbole_model_lookup_keeps_autograd_anomaly_mode_off():
     """RecBole's SINE module switches anomaly detection on process-wide when imported."""
     assert not torch.is_anomaly_enabled()
@@ -150,77 +81,56 @@ def test_recbole_model_lookup_keeps_autograd_anomaly_mode_off():
     assert not torch.is_anomaly_enabled()
 
 
-OUR_MODELS = sorted(__import__("recbole_efficient").MODELS)
+GLOBAL_HOOK_REGISTRIES = [
+    "_global_parameter_registration_hooks", "_global_module_registration_hooks",
+    "_global_buffer_registration_hooks", "_global_forward_hooks", "_global_forward_pre_hooks",
+    "_global_backward_hooks", "_global_backward_pre_hooks"]
+
+_BUILD_AND_STREAM_EVERY_MODEL = """
+import json
+import torch
+from torch.nn.modules import module
+
+plain_before = torch.nn.Linear(2, 2)
+import recbole_efficient
+import recbole_efficient.model
+from recbole_efficient import MODELS, Config
+
+class Items:
+    def num(self, field):
+        return 20
+
+for name, model_class in MODELS.items():
+    config = Config(model=name, dataset="ml-100k", read_cmd_line=False, config_dict={
+        "hidden_size": 8, "inner_size": 16, "n_heads": 2, "n_layers": 1, "memory_size": 16})
+    model = model_class(config, Items()).eval()
+    if model.supports_streaming():  # the streaming weight cache is built
+        model.step(torch.tensor([3]), model.init_state(1))
+plain_after = torch.nn.Linear(2, 2)
+plain_after(torch.ones(1, 2))
+print(json.dumps({
+    "registries": {name: len(getattr(module, name)) for name in %r if hasattr(module, name)},
+    "own": {key: len(value) for plain in (plain_before, plain_after)
+            for key, value in vars(plain).items() if key.endswith("hooks") and value}}))
+""" % GLOBAL_HOOK_REGISTRIES
+
+
+def test_importing_and_using_the_package_adds_no_global_module_hook(tmp_path):
+    """Torch's process-wide module hooks would run on every module of the user's program."""
+    out = subprocess.run([sys.executable, "-c", _BUILD_AND_STREAM_EVERY_MODEL], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(found["registries"]) >= 5, found  # this torch has the registries checked
+    assert not any(found["registries"].values()), found
+    assert found["own"] == {}
+
+
+OUR_MODELS = sorted(MODELS)
 
 
 def padded_batch(lengths=(8, 5, 1, 3)):
     return right_padded(lengths, width=8, n_items=30)
-
-
-@pytest.mark.parametrize("name", ["LRURec", "SoftmaxSASRec", "LinRec", "ELASTIC", "LinRecBERT"])
-def test_lean_encode_last_equals_full_gather(tiny, name):
-    """The lean scoring path (last layer at the last real position only) is exact."""
-    _, model = make_model(tiny, name=name, n_layers=2)
-    seq, lengths = padded_batch()
-    if name == "LinRecBERT":  # scored at a [mask] appended to the history
-        masked_seq, masked_len = model.append_mask(seq, lengths)
-        full = model.gather_indexes(model.encode(masked_seq, masked_len), masked_len - 1)
-    else:
-        full = model.gather_indexes(model.encode(seq, lengths), lengths - 1)
-    torch.testing.assert_close(model.encode_last(seq, lengths), full, atol=1e-5, rtol=1e-5)
-    inter = {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}
-    torch.testing.assert_close(model.full_sort_predict(inter), model.logits(full),
-                               atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", OUR_MODELS)
-def test_drop_sequence_mixer_leaves_position_wise_model(tiny, name):
-    """The floor: no position sees another one, and nothing but the mixer was removed."""
-    config, model = make_model(tiny, name=name, n_layers=2)
-    n_params = sum(p.numel() for p in model.parameters())
-    assert model.drop_sequence_mixer() is model
-    assert sum(p.numel() for p in model.parameters()) < n_params
-    seq, lengths = padded_batch(lengths=(8, 8, 8, 8))
-    changed = seq.clone()
-    changed[:, ::2] = (seq[:, ::2] % 29) + 1  # every other position
-    out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
-    torch.testing.assert_close(out[:, 1::2], out2[:, 1::2], atol=0, rtol=0)
-    assert not torch.allclose(out[:, ::2], out2[:, ::2])
-    if model.causal:  # scored at the last real position
-        torch.testing.assert_close(model.encode_last(seq, lengths), out[:, -1])
-
-
-@pytest.mark.parametrize("name", OUR_MODELS)
-def test_mixed_precision_step_is_finite_and_close_to_fp32(tiny, name):
-    """CPU autocast (bf16) stands in for CUDA AMP: the loss and every gradient stay finite,
-    and the loss is the fp32 loss up to half-precision rounding (next-item loss at every
-    position; every model trains through RecBole's trainer with AMP in the test below)."""
-    if not get_model(name).causal:
-        pytest.skip(f"{name} does not train with a next-item loss at every position")
-    config, model = make_model(tiny, name=name, n_layers=2)
-    model.train()
-    seq, lengths = padded_batch()
-    inter = Interaction({"item_id_list": seq, "item_length": lengths,
-                         target_list_field(config): (seq % 29) + 1, "item_id": seq[:, 0]})
-    torch.manual_seed(1)
-    fp32 = model.calculate_loss(inter)
-    torch.manual_seed(1)  # same dropout masks
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = model.calculate_loss(inter)
-    mixed.backward()
-    assert torch.isfinite(mixed) and abs(mixed.item() - fp32.item()) < 0.05 * fp32.item()
-    for pname, p in model.named_parameters():
-        grad = p.grad.coalesce().values() if p.grad is not None and p.grad.is_sparse else p.grad
-        assert grad is None or torch.isfinite(grad).all(), pname
-
-
-def test_lru_state_stays_single_precision_under_autocast(tiny):
-    _, model = make_model(tiny, name="LRURec", n_layers=2)
-    seq, lengths = padded_batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        h = model.blocks[0].lru.states(model.embed(seq))
-        scores = model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
-    assert h.dtype == torch.complex64 and torch.isfinite(scores).all()
 
 
 @pytest.mark.parametrize("name", OUR_MODELS)

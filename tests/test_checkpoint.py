@@ -50,7 +50,7 @@ def test_plain_checkpoint_roundtrip(tmp_path):
 
 def test_config_state_is_plain_data(tiny):
     from recbole_efficient import Config
-    from conftest import TINY
+    from helpers import TINY
 
     _, cfg = tiny
     config = Config(model="SoftmaxSASRec", dataset=TINY, config_dict=cfg(), read_cmd_line=False)

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 
-from conftest import TINY
+from helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from recbole_efficient.kernels.linear_attention import (
 from recbole_efficient.kernels.lru_scan import lru_scan, lru_scan_naive
 from recbole_efficient.kernels.product_key import product_key_topk, product_key_topk_naive
 
-from conftest import POPULARITY_NDCG10, TINY, StubDataset, right_padded
+from helpers import POPULARITY_NDCG10, TINY, StubDataset, right_padded
 from test_elastic_kernels import assert_half_precision_autocast_stays_finite_and_close
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

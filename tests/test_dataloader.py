@@ -12,7 +12,7 @@ from recbole_efficient import MODELS, Config, create_dataset, get_model
 from recbole_efficient.data import data_preparation
 from recbole_efficient.data import dataloader as ours
 
-from conftest import TINY
+from helpers import TINY
 
 WIDTH = 50  # longer than most tiny histories: rows of many lengths, lots of padding
 

@@ -8,7 +8,7 @@ from recbole.data import data_preparation
 from recbole_efficient import Config, create_dataset
 from recbole_efficient.data.dataset import target_list_field
 
-from conftest import TINY
+from helpers import TINY
 
 
 def make(cfg, mode, split="valid_and_test"):

@@ -10,7 +10,7 @@ from recbole_efficient.data.fetch import DatasetError
 from recbole_efficient.quick_start import run_recbole_efficient
 from recbole_efficient.validation import ConfigError
 
-from conftest import TINY
+from helpers import TINY
 
 # Our model in both training modes and a RecBole baseline. Without dropout or shuffling, and
 # with an even number of training rows, each rank's batch is exactly one half of the

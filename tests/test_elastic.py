@@ -1,43 +1,27 @@
-"""ELASTIC: causality (retrieval included), padding, the lean last-position path, streaming,
-sparse memory gradients and their optimiser, config errors, checkpoints, and learning."""
+"""ELASTIC: the memory retrieval (causal, at stride anchors, in streaming too), sparse memory
+gradients and their optimiser, config errors, checkpoints (what every model guarantees is in
+test_model_contract)."""
 
 import copy
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_efficient import Config, get_model, get_trainer
+from recbole_efficient import Config, get_trainer
 from recbole_efficient.model import elastic as elastic_module
 from recbole_efficient.optim import LazyAdam, OptimizerChain
 from recbole_efficient.optim import build_optimizer
 from recbole_efficient.validation import ConfigError
 
-import conftest
-from conftest import (POPULARITY_NDCG10, TINY, StubDataset,
-                      assert_packed_training_is_padded_training,
-                      assert_step_after_build_state_is_full_forward)
-
-N_ITEMS = 50
-SMALL = {"hidden_size": 16, "n_layers": 2, "n_heads": 2, "inner_size": 32, "n_experts": 4,
-         "chunk_size": 4, "memory_size": 64, "memory_topk": 4, "memory_heads": 2,
-         "MAX_ITEM_LIST_LENGTH": 24}
+import helpers
+from helpers import N_ITEMS, SMALL, TINY, right_padded
 
 
 def make_model(seed=0, **overrides):
-    cfg = dict(SMALL, **overrides)
-    if cfg.get("lda_causal") is False:
-        cfg.setdefault("train_mode", "augmented")
-    config = Config(model="ELASTIC", dataset="ml-100k", config_dict=cfg, read_cmd_line=False)
-    torch.manual_seed(seed)
-    model = get_model("ELASTIC")(config, StubDataset(N_ITEMS))
-    with torch.no_grad():  # O(1) logits, so that tolerances mean something
-        model.item_embedding.weight[1:].normal_(generator=torch.Generator().manual_seed(1))
-    return model.eval()
-
-
-right_padded = partial(conftest.right_padded, n_items=N_ITEMS)
+    if overrides.get("lda_causal") is False:
+        overrides.setdefault("train_mode", "augmented")
+    return helpers.make_model("ELASTIC", seed, **overrides)
 
 
 FORMS = [pytest.param(True, id="causal"), pytest.param(False, id="noncausal")]
@@ -46,74 +30,46 @@ FORMS = [pytest.param(True, id="causal"), pytest.param(False, id="noncausal")]
 STRIDES = [pytest.param(1, id="stride1"), pytest.param(3, id="stride3")]
 
 
-# -- causality, padding, the last-position path ---------------------------------------------
+# -- the memory retrieval ----------------------------------------------------------------------
 @pytest.mark.parametrize("stride", STRIDES)
-def test_causal_output_including_retrieval_unchanged_by_later_items(stride):
+def test_the_retrieval_is_causal(stride):
+    """The interests of positions 0..10 do not move when later items change (the outputs'
+    causality is the model contract's)."""
     model = make_model(memory_stride=stride)
     seq, lengths = right_padded([20, 20], 20)
     changed = seq.clone()
     changed[:, 11:] = (seq[:, 11:] % (N_ITEMS - 1)) + 1
-    out, out2 = model.encode(seq, lengths), model.encode(changed, lengths)
-    torch.testing.assert_close(out2[:, :11], out[:, :11], atol=0, rtol=0)
-    assert not torch.allclose(out2[:, 11:], out[:, 11:])
-    # the retrieval itself: the interests of positions 0..10 do not move either
     x, mask = model._embed_seq(seq, lengths)
     x2, _ = model._embed_seq(changed, lengths)
     interests = model._interests(x, lengths, mask, every_position=True)
     interests2 = model._interests(x2, lengths, mask, every_position=True)
     anchors = 10 // stride + 1  # the anchors at positions <= 10
     torch.testing.assert_close(interests2[:, :anchors], interests[:, :anchors], atol=0, rtol=0)
-    # the whole-sequence form does see the future: the check above can fail
-    noncausal = make_model(lda_causal=False)
-    assert not torch.allclose(noncausal.encode(seq, lengths)[:, :11],
-                              noncausal.encode(changed, lengths)[:, :11])
-
-
-@pytest.mark.parametrize("causal,use_imr,stride", [
-    (True, True, 1), (True, True, 3), (True, False, 1), (False, True, 3), (False, False, 1)])
-def test_padding_changes_nothing_and_last_position_path_is_exact(causal, use_imr, stride):
-    model = make_model(lda_causal=causal, use_imr=use_imr, memory_stride=stride)
-    seq, lengths = right_padded([9, 1, 4], 9)
-    padded = F.pad(seq, (0, 11))  # 20 wide: zeros appended
-    out = model.encode(padded, lengths)
-    last = model.encode_last(padded, lengths)
-    for row, n in enumerate(lengths.tolist()):
-        alone = model.encode(seq[row:row + 1, :n], lengths[row:row + 1])
-        torch.testing.assert_close(out[row, :n], alone[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(last[row], alone[0, n - 1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model.encode_last(seq, lengths), last, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(interests2[:, anchors:], interests[:, anchors:])
 
 
 @pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 @pytest.mark.parametrize("causal", FORMS)
-def test_length_one_and_all_pad_rows_train_without_nan(causal):
+def test_the_last_position_path_takes_empty_rows_without_nan(causal):
+    """Unlike the base's, ELASTIC's ``encode_last`` accepts rows of no item."""
     model = make_model(lda_causal=causal).train()
     seq, lengths = right_padded([6, 1, 0], 6)
-    for encode in (lambda: model.encode(seq, lengths)[:, 0],
-                   lambda: model.encode_last(seq, lengths)):
-        # anomaly mode: no NaN even in intermediate gradients
-        with torch.autograd.detect_anomaly():
-            loss = F.cross_entropy(model.logits(encode()), torch.tensor([1, 2, 3]))
-            loss.backward()
-        assert torch.isfinite(loss)
-        for name, p in model.named_parameters():
-            if p.grad is not None:
-                grad = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
-                assert torch.isfinite(grad).all(), name
-        model.zero_grad()
+    # anomaly mode: no NaN even in intermediate gradients
+    with torch.autograd.detect_anomaly():
+        loss = F.cross_entropy(model.logits(model.encode_last(seq, lengths)),
+                               torch.tensor([1, 2, 3]))
+        loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            grad = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            assert torch.isfinite(grad).all(), name
 
 
-def test_dropping_the_mixer_leaves_a_position_wise_model():
+def test_dropping_the_mixer_drops_the_memory_too():
     model = make_model().drop_sequence_mixer()
     assert model.imr is None and all(block.lda is None for block in model.blocks)
     assert not any("lda" in name or "imr" in name for name, _ in model.named_parameters())
-    seq, lengths = right_padded([8, 8], 8)
-    changed = seq.clone()
-    changed[:, :7] = (seq[:, :7] % (N_ITEMS - 1)) + 1
-    # nothing mixes positions any more: position 7 ignores every earlier item
-    torch.testing.assert_close(model.encode(changed, lengths)[:, 7],
-                               model.encode(seq, lengths)[:, 7], atol=0, rtol=0)
-    torch.testing.assert_close(model.encode_last(seq, lengths), model.encode(seq, lengths)[:, 7])
 
 
 def test_memory_stride_retrieves_at_anchors_and_each_retrieval_serves_its_positions():
@@ -140,24 +96,26 @@ def test_memory_stride_retrieves_at_anchors_and_each_retrieval_serves_its_positi
 
 
 # -- streaming ----------------------------------------------------------------------------
-@pytest.mark.parametrize("use_imr,stride", [(True, 1), (True, 3), (False, 1)])
-def test_step_scores_equal_full_forward_at_every_step(use_imr, stride, monkeypatch):
-    model = make_model(use_imr=use_imr, memory_stride=stride)
-    seq, lengths = right_padded([24, 24, 24], 24)
-    full = model.logits(model.encode(seq, lengths))
-    state = model.init_state(3)
+@pytest.mark.parametrize("use_imr", [True, False])
+def test_state_per_layer_and_for_the_memory(use_imr):
+    """Each layer's running sums, then with IMR the memory query's sum and the interests
+    retrieved at the last anchor."""
+    state = make_model(use_imr=use_imr).init_state(3)
     assert len(state.layers) == 2 + 2 * use_imr
-    if use_imr:  # the memory is read at anchors only
-        queries = []
-        monkeypatch.setattr(model.imr, "forward", lambda *a, f=model.imr.forward:
-                            queries.append(a[0].shape[0]) or f(*a))
+
+
+@pytest.mark.parametrize("stride", STRIDES)
+def test_streaming_reads_the_memory_at_anchors_only(stride, monkeypatch):
+    """(That the steps' scores are the full forward's is the model contract's.)"""
+    model = make_model(memory_stride=stride)
+    seq, _ = right_padded([24, 24, 24], 24)
+    state = model.init_state(3)
+    queries = []
+    monkeypatch.setattr(model.imr, "forward", lambda *a, f=model.imr.forward:
+                        queries.append(a[0].shape[0]) or f(*a))
     for t in range(24):
-        scores, state = model.step(seq[:, t], state)
-        torch.testing.assert_close(scores, full[:, t], atol=2e-5, rtol=1e-5)
-    if use_imr:
-        assert len(queries) == 24 // stride
-    with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=24"):
-        model.step(seq[:, 0], state)
+        _, state = model.step(seq[:, t], state)
+    assert len(queries) == 24 // stride
 
 
 def test_streaming_rows_at_different_positions_query_the_memory_at_their_own_anchors(
@@ -177,24 +135,7 @@ def test_streaming_rows_at_different_positions_query_the_memory_at_their_own_anc
     assert sum(rows) == 6  # each row: 2 anchors among its 6 positions, not all 3 rows each step
 
 
-@pytest.mark.parametrize("stride", STRIDES)
-def test_build_state_then_step_equals_full_forward_on_extended_history(stride):
-    model = make_model(memory_stride=stride)
-    seq, lengths = right_padded([20, 7, 1, 0], 21, seed=3)
-    nxt = torch.randint(1, N_ITEMS, (4,), generator=torch.Generator().manual_seed(4))
-    state = assert_step_after_build_state_is_full_forward(model, seq, lengths, nxt, atol=2e-5)
-    empty = model.init_state(1)
-    for built, init in zip(state.layers, empty.layers):
-        for b, i in zip(built if isinstance(built, tuple) else (built,),
-                        init if isinstance(init, tuple) else (init,)):
-            assert torch.equal(b[3:4], i)  # a row of length 0 is the empty state
-
-
-def test_noncausal_form_does_not_stream_and_trains_augmented_only():
-    model = make_model(lda_causal=False)
-    assert not model.supports_streaming()
-    with pytest.raises(NotImplementedError, match="full_sort_predict"):
-        model.init_state(2)
+def test_noncausal_form_trains_augmented_only():
     with pytest.raises(ConfigError, match="needs a causal encoder"):
         make_model(lda_causal=False, train_mode="all_positions")
 
@@ -398,47 +339,15 @@ def test_each_bad_combination_is_one_clear_line(overrides, message):
     assert err.value.problems == [message]
 
 
+def test_each_problem_is_reported_at_once_in_order():
+    """(The command line prints the list one line each, test_cli_and_tune.)"""
+    with pytest.raises(ConfigError) as err:
+        Config(model="ELASTIC", dataset="no-such-dataset", read_cmd_line=False,
+               config_dict={"n_experts": 0, "memory_size": 1000})
+    assert len(err.value.problems) == 2
+    assert err.value.problems[0].startswith("n_experts=0 must be")
+    assert err.value.problems[1].startswith("memory_size=1000 is not a perfect square")
+
+
 def test_memory_keys_are_free_without_imr():
     make_model(use_imr=False, memory_size=1000, memory_topk=500, hidden_size=15, n_heads=1)
-
-
-def test_cli_reports_each_bad_input_and_exits_2(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "run_recbole_efficient.py"
-    out = subprocess.run([sys.executable, str(script), "--model=ELASTIC", "--n_experts=0",
-                          "--memory_size=1000"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert lines[-2].startswith("  - n_experts=0 must be") and \
-        lines[-1].startswith("  - memory_size=1000 is not a perfect square"), out.stderr
-
-
-# -- learning ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("use_imr", [True, False])
-def test_learns_ml100k_better_than_popularity(tmp_path, monkeypatch, use_imr):
-    import recbole_efficient
-
-    monkeypatch.chdir(tmp_path)
-    # 3 epochs land within noise of the threshold depending on batch composition (length
-    # buckets on: 0.0423, off: 0.0469); 5 epochs: 0.0561.
-    cfg = {"epochs": 5, "learning_rate": 0.002, "hidden_size": 32, "MAX_ITEM_LIST_LENGTH": 32,
-           "train_batch_size": 32, "use_imr": use_imr, "show_progress": False,
-           "eval_step": 100, "seed": 2020, "metrics": ["NDCG"], "topk": [10],
-           "valid_metric": "NDCG@10"}
-    result = recbole_efficient.run_recbole_efficient(
-        model="ELASTIC", dataset="ml-100k", config_dict=cfg, read_cmd_line=False, saved=False)
-    assert float(result["test_result"]["ndcg@10"]) > 1.1 * POPULARITY_NDCG10, result
-
-
-@pytest.mark.parametrize("use_imr,stride", [(True, 1), (True, 3), (False, 1)])
-def test_packed_training_equals_the_padded_grid_in_value_and_gradient(use_imr, stride):
-    """``all_positions`` training runs ELASTIC's position-wise work and memory queries on the
-    real positions (anchors) only (sparse memory gradients included)."""
-    model = make_model(use_imr=use_imr, memory_stride=stride, hidden_dropout_prob=0.0,
-                       attn_dropout_prob=0.0).train()
-    assert_packed_training_is_padded_training(
-        model, make_model(use_imr=use_imr).drop_sequence_mixer(), N_ITEMS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, write_tiny_dataset
+from helpers import TINY, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("train", "tune", "download", "convert")

@@ -8,7 +8,7 @@ import recbole_efficient
 from recbole_efficient import load_data_and_model, run_recbole_efficient
 from recbole_efficient.data.fetch import DatasetError
 
-from conftest import TINY, StubDataset
+from helpers import TINY, StubDataset
 
 
 def test_softmax_reference_trains_and_reloads(tiny):

@@ -10,7 +10,7 @@ import torch
 import recbole_efficient
 from recbole_efficient.model import MODELS
 
-from conftest import TINY
+from helpers import TINY
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

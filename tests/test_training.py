@@ -16,7 +16,7 @@ from recbole_efficient.config import Config
 from recbole_efficient.model import MODELS
 from recbole_efficient.trainer import EfficientTrainerMixin
 
-from conftest import TINY
+from helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough to kill a run in the middle, short enough for a test (tiny epochs take ~0.1 s).
@@ -58,7 +58,7 @@ def _same_weights(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted LRURec run every interrupted run must reproduce."""
-    from conftest import write_tiny_dataset
+    from helpers import write_tiny_dataset
 
     root = tmp_path_factory.mktemp("reference")
     write_tiny_dataset(root)

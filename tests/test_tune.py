@@ -14,7 +14,7 @@ from recbole_efficient.model import MODELS
 from recbole_efficient.tune import (Dim, check_space, default_space_file, evaluate_on_test,
                                     load_space, main, start_ray, to_ray, tune_model)
 
-from conftest import TINY, write_tiny_dataset
+from helpers import TINY, write_tiny_dataset
 
 #: Settings fixed for every trial: tiny model, few epochs.
 FIXED = {"MAX_ITEM_LIST_LENGTH": 8, "hidden_size": 16, "n_layers": 1, "n_heads": 1,
