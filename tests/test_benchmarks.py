@@ -11,13 +11,7 @@ import torch
 
 from helpers import TINY
 
-# The benchmarks run as ``python -m benchmarks.<name>`` from the repository root; pytest puts
-# only tests/ on sys.path.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import (accuracy, cli, efficiency, measure, models, report,  # noqa: E402
+from benchmarks import (accuracy, cli, efficiency, measure, models, report,
                         steps, streaming)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -228,7 +222,8 @@ def _assert_tables_well_formed(md):
 
 def test_committed_efficiency_reports_render_again_from_their_json():
     """Each committed efficiency.md is what the current writer makes of its efficiency.json."""
-    found = sorted((ROOT / "benchmarks" / "results").rglob("efficiency.json"))
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    found = sorted(results.rglob("efficiency.json"))
     assert found
     for path in found:
         expected = (path.parent / "efficiency.md").read_text()

@@ -181,11 +181,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(reference, tmp_path, monkeypatch, c
     cfg = _settings(root, checkpoint_dir=str(tmp_path / "saved"))
     argv = ["--model=LRURec", f"--dataset={TINY}", *_cli_args(cfg)]
     monkeypatch.setattr(sys, "argv", ["run_recbole_efficient.py", *argv])
-    sys.path.insert(0, str(ROOT))
-    try:
-        from run_recbole_efficient import main
-    finally:
-        sys.path.remove(str(ROOT))
+    from run_recbole_efficient import main
     assert main(argv) == 130
     run_dir, = _run_dirs(tmp_path / "saved")
     err = capsys.readouterr().err
