@@ -12,6 +12,12 @@ from helpers import tiny_config, write_tiny_dataset
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+# Without a GPU, Triton's kernels run in its interpreter on CPU tensors (tests of the CUDA
+# kernels, ``helpers.interpreted_kernels``). Triton reads this once, when it is first
+# imported, so it is set before any test can import it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):

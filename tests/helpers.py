@@ -2,7 +2,11 @@
 assertions every streaming or packing model is held to. A plain module (``conftest.py`` keeps
 the fixtures): pytest puts this folder on ``sys.path``, so test files ``import helpers``."""
 
+import importlib
+import os
+
 import numpy as np
+import pytest
 import torch
 
 from recbole_efficient import Config, get_model
@@ -162,3 +166,16 @@ def tiny_config(root, **overrides):
     }
     cfg.update(overrides)
     return cfg
+
+
+def interpreted_kernels(name):
+    """``recbole_efficient/kernels/<name>.py``, its Triton kernels run by Triton's interpreter on
+    CPU tensors (``conftest.py`` sets ``TRITON_INTERPRET=1`` where no GPU is present). Skipped
+    with the reason where a GPU is present (``tests/test_cuda.py`` runs the compiled kernels
+    there) or where Triton is missing."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET is not 1 (a GPU is present: tests/test_cuda.py runs the "
+                    "compiled kernels)")
+    pytest.importorskip("triton", reason="Triton is not installed: no interpreter to run the "
+                                         "kernels with")
+    return importlib.import_module(f"recbole_efficient.kernels.{name}")

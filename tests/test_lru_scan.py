@@ -8,6 +8,8 @@ import torch
 from recbole_efficient.kernels import lru_scan as lru_scan_module
 from recbole_efficient.kernels.lru_scan import lamb_powers, lru_scan, lru_scan_naive, lru_step
 
+from helpers import interpreted_kernels
+
 B, H = 3, 16
 
 
@@ -110,3 +112,40 @@ def test_lamb_powers_accuracy():
     assert (err <= 1e-6 * ref.abs() + 1e-30).all()  # float32 exp would fail this (~5e-5)
     torch.testing.assert_close(lamb_powers(lamb, 1)[0], lamb)
     assert lamb_powers(lamb, 0).shape == (0, H)
+
+
+# -- the Triton kernel (CUDA's path), run by Triton's interpreter on CPU tensors -----------------
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("length", [1, 5, 8, 37])  # one step, part of a chunk, one, several + rest
+def test_triton_scan_matches_naive_both_directions(length, dtype, monkeypatch):
+    triton_scan = interpreted_kernels("lru_scan_triton").scan
+    lamb, u, h0 = _inputs(length, dtype, seed=40 + length, batch=2, hidden=5)
+    tol = 2e-6 if dtype == torch.complex64 else 1e-12
+    for start in (None, h0):
+        torch.testing.assert_close(triton_scan(lamb, u, start, chunk=8, block_h=4),
+                                   lru_scan_naive(lamb, u, start), rtol=tol, atol=tol)
+        backwards = triton_scan(lamb.conj(), u, start, reverse=True, chunk=8, block_h=4)
+        torch.testing.assert_close(backwards.flip(1),
+                                   lru_scan_naive(lamb.conj(), u.flip(1), start),
+                                   rtol=tol, atol=tol)
+
+
+def test_triton_scan_gives_lru_scan_its_gradients(monkeypatch):
+    """``lru_scan``'s autograd function with the Triton kernel as its scan (what CUDA runs):
+    values and the gradients of lamb, u and h0 equal the naive loop's."""
+    triton = interpreted_kernels("lru_scan_triton")
+    monkeypatch.setattr(lru_scan_module, "_scan",
+                        lambda lamb, u, h0=None, reverse=False: triton.scan(
+                            lamb, u, h0, reverse, chunk=4, block_h=4))
+    lamb, u, h0 = _inputs(11, torch.complex128, seed=7, batch=2, hidden=5)
+    weights = torch.randn(2, 11, 5, dtype=torch.complex128,
+                          generator=torch.Generator().manual_seed(3))
+    results = []
+    for fn in (lru_scan, lru_scan_naive):
+        leaves = [x.clone().requires_grad_() for x in (lamb, u, h0)]
+        out = fn(*leaves)
+        results.append((out, torch.autograd.grad((out * weights).real.sum(), leaves)))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)

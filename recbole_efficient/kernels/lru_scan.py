@@ -4,7 +4,8 @@ Three forms of the same recurrence:
 
 * :func:`lru_scan_naive` -- a Python loop over time; the reference.
 * :func:`lru_scan` -- a chunked scan with a hand-written backward, for training and
-  full-sequence inference (on CUDA the chunks are matrix products, on the CPU short loops).
+  full-sequence inference (on the CPU short loops; on CUDA one Triton kernel launch per
+  direction, ``lru_scan_triton.py``, or matrix products where Triton is off).
 * :func:`lru_step` -- one step, for O(1)-per-item incremental inference.
 
 Shapes: ``lamb`` is ``[H]`` (complex, ``|lamb| < 1``), ``u`` is ``[B, L, H]``
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from recbole_efficient.kernels import triton_support
 
 __all__ = ["lamb_powers", "lru_scan", "lru_scan_naive", "lru_step"]
 
@@ -149,6 +152,8 @@ def _matrix_scan(lamb, u, h0=None, reverse=False):
 
 
 def _scan(lamb, u, h0=None, reverse=False):
+    if triton_support.enabled(lamb, u, h0):  # complex64 on CUDA: one Triton launch
+        return triton_support.load("lru_scan_triton").scan(lamb, u, h0, reverse)
     return (_matrix_scan if u.is_cuda else _chunked_scan)(lamb, u, h0, reverse)
 
 
@@ -179,8 +184,8 @@ class _LRUScan(torch.autograd.Function):
 
 
 def lru_scan(lamb: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunked scan (:func:`_chunked_scan`; on CUDA :func:`_matrix_scan`) with a hand-written
-    backward.
+    """Chunked scan (:func:`_chunked_scan`; on CUDA the Triton kernel in complex64, else
+    :func:`_matrix_scan`) with a hand-written backward.
 
     Equal to :func:`lru_scan_naive` up to rounding, values and gradients (first order).
     """
