@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from recbole_efficient.kernels import triton_support
 from recbole_efficient.kernels.chunking import balanced_chunks
 from recbole_efficient.kernels.precision import single_precision
 
@@ -121,6 +122,8 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
     chunks: each chunk's queries times the exclusive prefix sum of the chunks' ``d_h x d_h``
     states (``L / chunk_size`` states, not ``L``). Right padding needs no mask: it only
     follows the real positions. ``q, k, v``: ``[..., L, d_h]`` -> ``[..., L, d_h]``.
+    On CUDA below float64 the same walk runs as one fused Triton launch per direction
+    (``linear_attention_triton.py``, chunks of its own size), Triton permitting.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -131,6 +134,9 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
         size, n_chunks = balanced_chunks(length, chunk_size)
         pad = n_chunks * size - length
         q_hat, k_hat = l2_elu(q, eps=eps, scale=d ** -0.5), l2_elu(k, eps=eps)
+        if triton_support.enabled(q, k, v):
+            fused = triton_support.load("linear_attention_triton")
+            return fused.causal_linear_attention_fused(q_hat, k_hat, v).to(out_dtype)
         if pad:  # zero keys and values at the end change no earlier output
             q_hat, k_hat, v = (F.pad(t, (0, 0, 0, pad)) for t in (q_hat, k_hat, v))
         qc, kc, vc = (t.reshape(*batch, n_chunks, size, d) for t in (q_hat, k_hat, v))
