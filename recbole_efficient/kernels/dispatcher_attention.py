@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recbole_efficient.kernels import triton_support
 from recbole_efficient.kernels.chunking import balanced_chunks
 from recbole_efficient.kernels.dropout import dropout
 from recbole_efficient.kernels.precision import single_precision
@@ -145,12 +146,18 @@ def dispatch_causal(q, k, v, experts, chunk_size=32, extra_k=None, extra_v=None,
     state entering each chunk is an exclusive cumulative sum of per-chunk ``K^T A`` and
     ``A^T V``; ``Z`` is one cumulative sum over the sequence. Memory per head: O(N (C + E))
     plus O(N D E / C) for the chunk states. Output at t depends on positions <= t only;
-    right padding never reaches a real position.
+    right padding never reaches a real position. On CUDA in float32 the prefix sums and chunk
+    products run as fused Triton kernels instead (``dispatcher_attention_triton.py``, two
+    launches per direction, with their own chunk length).
     """
     out_dtype = v.dtype
     ctx, (q, k, v, experts, extra_k, extra_v) = single_precision(q, k, v, experts, extra_k,
                                                                  extra_v)
     with ctx:
+        if triton_support.enabled(q, k, v, experts):
+            fused = triton_support.load("dispatcher_attention_triton")
+            return fused.dispatch_causal(q, k, v, experts, extra_k, extra_v, dropout_p,
+                                         training).to(out_dtype)
         batch, heads, length, dim = q.shape
         n_experts = experts.size(1)
         scale = dim ** -0.5

@@ -123,7 +123,7 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
     states (``L / chunk_size`` states, not ``L``). Right padding needs no mask: it only
     follows the real positions. ``q, k, v``: ``[..., L, d_h]`` -> ``[..., L, d_h]``.
     On CUDA below float64 the same walk runs as one fused Triton launch per direction
-    (``linear_attention_triton.py``, chunks of its own size), Triton permitting.
+    (``causal_product_triton.py``, chunks of its own size), Triton permitting.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -135,8 +135,9 @@ def causal_linear_attention(q, k, v, chunk_size=32, eps=EPS):
         pad = n_chunks * size - length
         q_hat, k_hat = l2_elu(q, eps=eps, scale=d ** -0.5), l2_elu(k, eps=eps)
         if triton_support.enabled(q, k, v):
-            fused = triton_support.load("linear_attention_triton")
-            return fused.causal_linear_attention_fused(q_hat, k_hat, v).to(out_dtype)
+            fused = triton_support.load("causal_product_triton").causal_product
+            flat = [t.reshape(-1, 1, length, d) if t.dim() != 4 else t for t in (q_hat, k_hat, v)]
+            return fused(*flat).reshape(*batch, length, d).to(out_dtype)
         if pad:  # zero keys and values at the end change no earlier output
             q_hat, k_hat, v = (F.pad(t, (0, 0, 0, pad)) for t in (q_hat, k_hat, v))
         qc, kc, vc = (t.reshape(*batch, n_chunks, size, d) for t in (q_hat, k_hat, v))
