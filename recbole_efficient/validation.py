@@ -337,6 +337,10 @@ def result_keys(cfg):
 
 #: Keys of every recbole_efficient model.
 EFFICIENT_SPEC = (
+    Rule(("compile",), lambda c, m: any(c["compile"] is v for v in (True, False))
+         or c["compile"] == "auto",
+         "compile={compile!r} must be True, False or auto (on for CUDA, off on the CPU); "
+         "e.g. --compile=auto."),
     Int("hidden_size", 1),
     Int("n_layers", 1),
     Prob("hidden_dropout_prob"),

@@ -210,3 +210,14 @@ def test_trainer_clips_inside_the_step_only_when_a_scaler_is_on(tiny, monkeypatc
     # a trainer that builds more optimisers (RecBole's RecVAE) gets the clipping in each
     more = trainer._build_optimizer(params=list(model.parameters())[:2])
     assert isinstance(more, ClipThenStep) and more.clip_grad_norm == {"max_norm": 5.0}
+
+
+def test_cuda_graph_step_on_the_cpu_says_to_use_step():
+    from helpers import make_model, right_padded
+
+    model = make_model("LRURec")
+    seq, lengths = right_padded([5, 3], 8)
+    with pytest.raises(ValueError, match="needs the state on a CUDA device.*call model.step"):
+        model.cuda_graph_step(model.build_state(seq, lengths))
+    with pytest.raises(NotImplementedError, match="no streaming inference"):
+        make_model("SoftmaxSASRec").cuda_graph_step(None)

@@ -83,6 +83,9 @@ class EfficientSequentialRecommender(SequentialRecommender):
         self.TARGET_SEQ = target_list_field(config)
         self.bpr_loss = BPRLoss()
         self._warned_fallback = False
+        # plain RecBole Config has no overall.yaml of ours: auto
+        self.compile_setting = config["compile"] if "compile" in config else "auto"
+        self.position_wise_compiled = False
 
     def use_sparse_gradients(self, enabled=True):
         """Give the parameters of ``sparse`` optimiser groups row-sparse gradients.
@@ -108,6 +111,12 @@ class EfficientSequentialRecommender(SequentialRecommender):
         Override where the last layer's position-wise work can be skipped elsewhere.
         """
         return self.gather_indexes(self.encode(item_seq, item_seq_len), item_seq_len - 1)
+
+    def position_wise_modules(self):
+        """The sub-modules that act on each position alone (the feed-forward sublayers: linear,
+        activation, linear, dropout, residual, LayerNorm), which the ``compile`` key runs
+        through ``torch.compile``. Models list theirs."""
+        return []
 
     def drop_sequence_mixer(self):
         """Replace the sequence mixer (attention, recurrence, ...) by the identity, in place.
@@ -227,7 +236,27 @@ class EfficientSequentialRecommender(SequentialRecommender):
     def _apply(self, fn, *args, **kwargs):
         # .to(), .half(), ... may put new Parameter objects in place without registering them
         self.__dict__.pop("_stream_cache", None)
-        return super()._apply(fn, *args, **kwargs)
+        out = super()._apply(fn, *args, **kwargs)
+        # RecBole moves every model to config["device"]: where `compile` learns the device
+        if not self.position_wise_compiled and self._compile_wanted():
+            self.compile_position_wise()
+        return out
+
+    def _compile_wanted(self):
+        setting = self.compile_setting
+        if setting == "auto":  # CUDA only: on the CPU it measured no faster (README)
+            return any(p.is_cuda for p in self.parameters())
+        return setting is True
+
+    def compile_position_wise(self):
+        """Run every :meth:`position_wise_modules` entry through ``torch.compile``, with the
+        number of positions a dynamic dimension: one graph serves every batch length (training
+        batches are cut to their longest row, packed batches to their real positions), not one
+        graph each. Parameters and state-dict keys are unchanged. Returns ``self``."""
+        for module in self.position_wise_modules():
+            module.compile(dynamic=True)
+        self.position_wise_compiled = True
+        return self
 
     def _stream_weights(self, refresh=False):
         """:meth:`_gather_stream_weights`, kept while every parameter, buffer and submodule of
@@ -282,6 +311,12 @@ class EfficientSequentialRecommender(SequentialRecommender):
         hidden, layers = self._stream_step(item_ids, state.length, state.layers)
         return self.logits(hidden), StreamState(layers, length)
 
+    def cuda_graph_step(self, state):
+        """:meth:`step` for the fixed batch of users of ``state`` (on a CUDA device), captured
+        once as a CUDA graph and replayed at each call: one launch per step instead of one per
+        operator. See :class:`CudaGraphStep`."""
+        return CudaGraphStep(self, state)
+
     def _stream_init(self, batch_size):
         """Per-layer states of empty histories."""
         raise NotImplementedError
@@ -293,6 +328,69 @@ class EfficientSequentialRecommender(SequentialRecommender):
     def _stream_step(self, item_ids, positions, layers):
         """``item_ids [B]`` at 0-based ``positions [B]`` -> ``(hidden [B, d], new layers)``."""
         raise NotImplementedError
+
+
+def _flat(layers):
+    """The tensors of a streaming state's ``layers`` (tensors, tuples and lists of them)."""
+    if isinstance(layers, torch.Tensor):
+        return [layers]
+    return [t for entry in layers for t in _flat(entry)]
+
+
+class CudaGraphStep:
+    """``model.step`` for a fixed batch of users as a CUDA graph (``model.cuda_graph_step``).
+
+    ``graphed(item_ids)`` appends one item per row (``item_ids [B]`` on the model's device) and
+    returns the scores ``[B, n_items]``, equal to :meth:`EfficientSequentialRecommender.step`;
+    the state advances in place (:attr:`state`). The scores and the state are the graph's own
+    buffers, overwritten by the next call: clone what you keep. The graph reads the weights
+    where they were at capture: in-place updates (``load_state_dict``, optimiser steps) are
+    seen, replaced parameter objects are not (capture again).
+    """
+
+    def __init__(self, model, state, warmup=3):
+        model._check_streaming()
+        if not state.length.is_cuda:
+            raise ValueError("cuda_graph_step needs the state on a CUDA device (model.cuda() "
+                             "before init_state/build_state); on the CPU call model.step.")
+        model._check_limit(state.length)
+        self.model = model
+        self.limit = model.stream_limit()
+        self.longest = int(state.length.max()) if state.length.numel() else 0
+        self.state = StreamState([_clone(entry) for entry in state.layers], state.length.clone())
+        self.items = torch.ones_like(state.length)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmup):  # lazy initialisations happen before capture, not in it
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.scores, layers = self._step()
+            for old, new in zip(_flat(self.state.layers), _flat(layers)):
+                old.copy_(new)
+            self.state.length.add_(1)
+
+    def _step(self):
+        hidden, layers = self.model._stream_step(self.items, self.state.length,
+                                                 self.state.layers)
+        return self.model.logits(hidden), layers
+
+    def __call__(self, item_ids):
+        # the length check on the host: reading the device's lengths would wait for the GPU
+        if self.limit is not None and self.longest + 1 > self.limit:
+            self.model._check_limit(self.state.length + 1)
+        self.items.copy_(item_ids)
+        self.graph.replay()
+        self.longest += 1
+        return self.scores
+
+
+def _clone(entry):
+    if isinstance(entry, torch.Tensor):
+        return entry.clone()
+    return type(entry)(_clone(e) for e in entry)
 
 
 class _GatheredWeights:

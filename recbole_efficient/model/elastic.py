@@ -375,6 +375,9 @@ class ELASTIC(TransformerInput, EfficientSequentialRecommender):
         last = self.gather_indexes(x, (item_seq_len - 1).clamp_min(0))
         return self.blocks[-1].forward_last(x, last, mask, interests)
 
+    def position_wise_modules(self):
+        return [block.feed_forward for block in self.blocks]
+
     def drop_sequence_mixer(self):
         """Identity in place of every LDA sublayer; IMR, which only feeds them, goes too."""
         for block in self.blocks:

@@ -67,6 +67,9 @@ class LinRec(TransformerInput, EfficientSequentialRecommender):
         x, mask = self._embed_seq(item_seq, item_seq_len)
         return self.encoder.forward_last(x, mask, item_seq_len - 1)
 
+    def position_wise_modules(self):
+        return list(self.encoder.feed_forward)
+
     def drop_sequence_mixer(self):
         """Every attention sublayer becomes the identity (embeddings, feed-forward stack and
         output layer remain)."""

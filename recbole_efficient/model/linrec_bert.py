@@ -98,6 +98,9 @@ class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
         # the head is position-wise: applied at the masked positions only
         return self._positions_loss(self._head(hidden[masked]), item_seq[masked])
 
+    def position_wise_modules(self):
+        return list(self.encoder.feed_forward)
+
     def drop_sequence_mixer(self):
         """Every attention sublayer becomes the identity (embeddings, feed-forward stack,
         output head remain)."""

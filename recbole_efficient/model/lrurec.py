@@ -134,6 +134,9 @@ class LRURec(EfficientSequentialRecommender):
         h = top.lru.states(x)
         return top.output(self.gather_indexes(h, last), self.gather_indexes(x, last))
 
+    def position_wise_modules(self):
+        return [block.feed_forward for block in self.blocks]
+
     def drop_sequence_mixer(self):
         """Remove every LRU layer (recurrence, projections, its norm): embedding, feed-forward
         blocks and output layer remain."""
