@@ -703,6 +703,7 @@ def write_outputs(results, out):
 
 def main(argv=None):
     args = parse_args(argv)
+    models.allow_many_graphs()
     results = EfficiencyBenchmark(args, command=cli.command_line("efficiency", argv)).run()
     files, text = write_outputs(results, args.out)
     print(text)

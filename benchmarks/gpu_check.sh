@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks, on a machine with one CUDA GPU (about 3 minutes on an H200):
+# The GPU checks, on a machine with one CUDA GPU (about 5 minutes on an H200, 8 at most):
 #
 #     cd <repo> && uv run bash benchmarks/gpu_check.sh [OUT_DIR]   # default: benchmarks/results/gpu
 #
-# 1. tests/test_cuda.py: kernels equal their naive references on CUDA, models give the CPU's
-#    outputs and stream as they encode, fp16/bf16 autocast stays finite, and every model
-#    learns ml-100k through RecBole's trainer with enable_amp + enable_scaler;
-# 2. the training setting (fp32, then fp16 autocast + GradScaler, RecBole's AMP) and the
-#    inference setting at L = 200 ... 8000, every model against its floor (benchmarks.efficiency);
-# 3. the CPU forms of the LRU scan and cross-entropy against their CUDA forms (benchmarks.gpu_paths).
+# 1. at once, as concurrent processes (launch-bound work shares one GPU well):
+#    - tests/test_cuda.py: Triton kernels equal their references at real sizes, models give the
+#      CPU's outputs, compiled == eager, CUDA-graph streaming == step, fp16/bf16 autocast stays
+#      finite, every model learns ml-100k through RecBole's trainer with AMP;
+#    - one ml-1m epoch per model (benchmarks.accuracy, L = 200, full ranking), from DATA_PATH
+#      (default ../shared/datasets, else shared/datasets; skipped if ml-1m is in neither);
+# 2. then one at a time (timings): the training setting in fp32 and bf16 autocast and the
+#    inference setting at L = 200 ... 8000, every model against its floor and SoftmaxSASRec
+#    (benchmarks.efficiency); compile off against on, and the torch kernels
+#    (RECBOLE_EFFICIENT_TRITON=0) against the Triton ones, at L = 1000 and 8000; the three forms
+#    of the LRU scan (benchmarks.gpu_paths);
+# 3. benchmarks.gpu_summary: the targets met or missed, in OUT_DIR/summary.md.
 # Each step has a time limit (seconds, below) so that a hang cannot eat the others' time;
 # PYTHON (default python) runs everything, LENGTHS overrides the lengths.
 set -u
@@ -43,13 +49,38 @@ $PY -c "import torch, numpy, recbole; print('torch', torch.__version__, 'cuda', 
 'numpy', numpy.__version__, 'recbole', recbole.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
 
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 4")  # the learning tests in parallel
-step tests 240 $PY -m pytest -q -p no:cacheprovider -rA --durations=10 $XDIST tests/test_cuda.py
+DATA=${DATA_PATH:-}
+for candidate in "$REPO/../shared/datasets" "$REPO/shared/datasets"; do
+    [ -z "$DATA" ] && [ -f "$candidate/ml-1m/ml-1m.inter" ] && DATA=$candidate
+done
+OURS=(SoftmaxSASRec LRURec LinRec LinRecBERT ELASTIC)
+step tests 300 $PY -m pytest -q -p no:cacheprovider -rA --durations=10 $XDIST tests/test_cuda.py &
+if [ -n "$DATA" ]; then
+    for model in "${OURS[@]}"; do
+        step "ml1m_$model" 300 $PY -m benchmarks.accuracy --models "$model" --dataset ml-1m \
+            --data_path "$DATA" --epochs 1 --out "$OUT/ml1m/$model" --gpu_id=0 \
+            --MAX_ITEM_LIST_LENGTH=200 --allow_download=False > /dev/null &
+    done
+else
+    echo "== ml-1m epochs skipped: no ml-1m/ml-1m.inter under DATA_PATH, ../shared/datasets or" \
+         "shared/datasets"
+fi
+wait
+[ -n "$DATA" ] && cat "$OUT"/ml1m/*/accuracy.md > "$OUT/ml1m.md" 2>/dev/null
 
-EFF=(-m benchmarks.efficiency --device cuda --clock wall --lengths $LENGTHS)
-step train_fp32 100 $PY "${EFF[@]}" --preset train --out "$OUT/train_fp32" \
-    --models SoftmaxSASRec LRURec LinRec ELASTIC ELASTIC@use_imr=False SASRec
-step train_fp16 90 $PY "${EFF[@]}" --preset train --amp fp16 --out "$OUT/train_fp16" \
-    --models SoftmaxSASRec LRURec LinRec ELASTIC ELASTIC@use_imr=False SASRec
-step inference 50 $PY "${EFF[@]}" --preset inference --out "$OUT/inference" \
-    --models SoftmaxSASRec LRURec LinRec LinRecBERT ELASTIC SASRec
-step gpu_paths 60 $PY -m benchmarks.gpu_paths
+TIMED=(SoftmaxSASRec LRURec LinRec ELASTIC ELASTIC@use_imr=False SASRec)
+EFF=(-m benchmarks.efficiency --device cuda --clock wall)
+step train_fp32 100 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --out "$OUT/train_fp32" \
+    --models "${TIMED[@]}"
+step train_bf16 100 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --amp bf16 \
+    --out "$OUT/train_bf16" --models "${TIMED[@]}"
+step inference 60 $PY "${EFF[@]}" --lengths $LENGTHS --preset inference --out "$OUT/inference" \
+    --models "${OURS[@]}" SASRec
+# what each change gives: compile off (variants of the same run), Triton off (a run of its own)
+step compile_off 60 $PY "${EFF[@]}" --lengths 1000 8000 --preset train \
+    --out "$OUT/ablation_compile" --models SoftmaxSASRec LRURec LRURec@compile=False LinRec \
+    LinRec@compile=False ELASTIC ELASTIC@compile=False
+step triton_off 60 env RECBOLE_EFFICIENT_TRITON=0 $PY "${EFF[@]}" --lengths 1000 8000 \
+    --preset train --out "$OUT/ablation_torch_kernels" --models SoftmaxSASRec LRURec LinRec ELASTIC
+step gpu_paths 60 $PY -m benchmarks.gpu_paths --lengths 1000 8000
+$PY -m benchmarks.gpu_summary "$OUT"

@@ -1,11 +1,13 @@
-"""On a GPU: the CPU forms of the LRU scan and of the fused cross-entropy against their CUDA
-forms, in one process, interleaved (the CUDA forms are the default there).
+"""On a GPU: the three forms of the LRU scan (with the fused cross-entropy's CPU or CUDA row
+blocks), in one process, interleaved.
 
     python -m benchmarks.gpu_paths [--lengths 200 1000 2000 4000 8000] [--repeats 10]
 
-* LRU scan: ``_chunked_scan`` (C vectorised steps inside chunks, nc steps across them: about
-  2 sqrt(L) small kernel launches each way) vs ``_matrix_scan`` (two matrix products);
-* cross-entropy: row blocks sized for a CPU cache vs one block.
+* ``loops``: the CPU's form, ``_chunked_scan`` (C vectorised steps inside chunks, nc steps
+  across them: about 2 sqrt(L) small kernel launches each way), with cross-entropy row blocks
+  sized for a CPU cache;
+* ``matrix``: ``_matrix_scan`` (two matrix products), CUDA's row blocks;
+* ``triton``: the Triton kernel (one launch each way, CUDA's default), CUDA's row blocks.
 
 Training steps of the long-sequence training setting (``benchmarks.efficiency --preset
 train``: hidden 64, 2 layers, 16,384 tokens per batch, 3,417 items, fp32) of LRURec, its floor
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks import cli, measure, models, report, steps
-from recbole_efficient.kernels import cross_entropy, lru_scan
+from recbole_efficient.kernels import cross_entropy, lru_scan, triton_support
 
 DEFAULTS = (lru_scan._scan, cross_entropy._row_blocks)
 
@@ -28,8 +30,13 @@ def _cpu_rows(logits):
     return max(1, cross_entropy._BLOCK_ELEMENTS // max(1, logits.size(1)))
 
 
-FORMS = {"cpu forms": (lru_scan._chunked_scan, _cpu_rows),
-         "cuda forms": (lru_scan._matrix_scan, cross_entropy._row_blocks)}
+def _triton_scan(lamb, u, h0=None, reverse=False):
+    return triton_support.load("lru_scan_triton").scan(lamb, u, h0, reverse)
+
+
+FORMS = {"loops": (lru_scan._chunked_scan, _cpu_rows),
+         "matrix": (lru_scan._matrix_scan, cross_entropy._row_blocks),
+         "triton": (_triton_scan, cross_entropy._row_blocks)}
 
 
 def use(form):
@@ -54,8 +61,10 @@ def main(argv=None):
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     device = torch.device("cuda")
+    models.allow_many_graphs()
     # the header now and each row as it is measured: a run cut short keeps its rows
-    print(report.markdown_table(["L", "what", "CPU forms (ms)", "CUDA forms (ms)", "ratio"], []))
+    print(report.markdown_table(["L", "what"] + [f"{f} (ms)" for f in FORMS]
+                                + ["loops / triton", "matrix / triton"], []))
     try:
         for length in args.lengths:
             batch = 16384 // length
@@ -79,10 +88,9 @@ def main(argv=None):
                          compare(lambda: lru_scan.lru_scan(lamb, u).abs().sum().backward(),
                                  args.repeats)))
             for what, t in rows:
-                print(report.markdown_row([length, what, f"{t['cpu forms']:.2f}",
-                                           f"{t['cuda forms']:.2f}",
-                                           f"{t['cpu forms'] / t['cuda forms']:.2f}"]),
-                      flush=True)
+                print(report.markdown_row([length, what] + [f"{t[f]:.2f}" for f in FORMS]
+                                          + [f"{t['loops'] / t['triton']:.2f}",
+                                             f"{t['matrix'] / t['triton']:.2f}"]), flush=True)
     finally:
         lru_scan._scan, cross_entropy._row_blocks = DEFAULTS
 

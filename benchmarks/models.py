@@ -85,6 +85,13 @@ class SyntheticDataset:
         raise KeyError(f"SyntheticDataset has no field {field!r} (only item and user ids).")
 
 
+def allow_many_graphs(limit=64):
+    """Let one process compile the sublayers of many models: ``torch.compile`` keeps at most
+    ``recompile_limit`` (8) graphs per function and runs eager past it, and every model, mode
+    and dropout rate of a benchmark's list adds graphs of the same feed-forward code."""
+    torch._dynamo.config.recompile_limit = max(limit, torch._dynamo.config.recompile_limit)
+
+
 def build_model(name, max_len, n_items, overrides=None, train_mode=None, device="cpu", seed=0,
                 floor=False):
     """``(model, config, info)`` for model ``name`` with ``MAX_ITEM_LIST_LENGTH = max_len``.

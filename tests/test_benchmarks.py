@@ -11,7 +11,7 @@ import torch
 
 from helpers import TINY
 
-from benchmarks import (accuracy, cli, efficiency, measure, models, report,
+from benchmarks import (accuracy, cli, efficiency, gpu_summary, measure, models, report,
                         steps, streaming)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -448,3 +448,50 @@ def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny):
     assert reproduce.main(argv + more) == second  # same settings: reused, not repeated
     fresh = reproduce.main(argv + ["--protocols", "recbole", "--epochs", "1", "--fresh"])
     assert fresh[0]["epochs"] == 1 and len(list(out.glob("runs/recbole/SoftmaxSASRec.old-*"))) == 1
+
+
+# -- GPU targets ---------------------------------------------------------------------------------
+def _efficiency_run(kind, times):
+    """An efficiency.json of ``{(label, L): ms}``."""
+    return {"meta": {"args": {"amp": "off"}, "environment": {"gpu": "test GPU"}},
+            "points": [{"model": label, "seq_len": n, "kind": kind, "status": "ok",
+                        "time_s_median": ms / 1e3} for (label, n), ms in times.items()]}
+
+
+def _write_run(root, name, kind, times):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "efficiency.json").write_text(json.dumps(_efficiency_run(kind, times)))
+
+
+def test_gpu_summary_reads_each_target_off_the_runs(tmp_path):
+    train = {("SoftmaxSASRec", 200): 10, ("SoftmaxSASRec@floor", 200): 6,
+             ("SoftmaxSASRec", 1000): 12, ("SoftmaxSASRec@floor", 1000): 7,
+             ("LRURec", 200): 13, ("LRURec@floor", 200): 10,       # slower than softmax at 200: allowed
+             ("LRURec", 1000): 11, ("LRURec@floor", 1000): 7.5,    # 1.47x its floor: missed
+             ("SASRec", 200): 10, ("SASRec", 1000): 12}
+    inference = {("LinRec", 200): 5, ("LinRec@floor", 200): 1,      # 5x at L < 1000: allowed
+                 ("LinRec", 1000): 2, ("LinRec@floor", 1000): 1}   # 2x at L = 1000: missed
+    _write_run(tmp_path, "train_fp32", "train", train)
+    _write_run(tmp_path, "inference", "inference", inference)
+    assert gpu_summary.main([str(tmp_path)]) == 0
+    text = (tmp_path / "summary.md").read_text()
+    assert "| LRURec | 13.0 (1.30×), 1.30× ref | 11.0 (1.47×), 0.92× ref |" in text
+    _, failures = gpu_summary.summarise(tmp_path)
+    assert failures == ["inference: LinRec at L=1000 is 2.00× its floor (target ≤ 1.6)",
+                        "train_fp32: LRURec at L=1000 is 1.47× its floor (target ≤ 1.4)"]
+    train[("LRURec", 1000)] = 12.5  # within its floor bound, not faster than softmax
+    inference[("LinRec", 1000)] = 1.5
+    _write_run(tmp_path, "train_fp32", "train", train)
+    _write_run(tmp_path, "inference", "inference", inference)
+    assert gpu_summary.summarise(tmp_path)[1] == [
+        "train_fp32: LRURec at L=1000 is 1.67× its floor (target ≤ 1.4)",
+        "train_fp32: LRURec at L=1000 is not faster than SoftmaxSASRec (12.5 vs 12.0 ms)"]
+    train[("LRURec", 1000)] = 10
+    _write_run(tmp_path, "train_fp32", "train", train)
+    assert gpu_summary.summarise(tmp_path)[1] == []
+    assert "All targets met." in gpu_summary.summarise(tmp_path)[0]
+
+
+def test_gpu_summary_without_runs_says_what_to_run(tmp_path, capsys):
+    assert gpu_summary.main([str(tmp_path)]) == 2
+    assert "run benchmarks/gpu_check.sh first" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """On a CUDA device (skipped without one; `pytest tests/test_cuda.py` on a GPU machine): every
-kernel equals its naive reference, every model gives the CPU's outputs and streams as it
-encodes, and every model trains through RecBole's trainer with AMP (fp16 autocast and
-GradScaler) without NaN and beats popularity on ml-100k."""
+kernel equals its naive reference (the Triton kernels at real sizes, and the torch forms with
+RECBOLE_EFFICIENT_TRITON=0), every model gives the CPU's outputs (compiled position-wise work
+included) and streams as it encodes (step and its CUDA graph), and every model trains through
+RecBole's trainer with AMP (fp16 autocast and GradScaler) without NaN and beats popularity on
+ml-100k."""
 
 import copy
 import math
@@ -20,6 +22,7 @@ from recbole_efficient.kernels.linear_attention import (
     causal_linear_attention, causal_linear_attention_naive, linear_attention,
     linear_attention_naive)
 from recbole_efficient.kernels.lru_scan import lru_scan, lru_scan_naive
+from recbole_efficient.kernels import triton_support
 from recbole_efficient.kernels.product_key import product_key_topk, product_key_topk_naive
 
 from helpers import POPULARITY_NDCG10, TINY, StubDataset, right_padded
@@ -60,6 +63,50 @@ def test_lru_scan(length):
     lamb = torch.polar(r, 2 * math.pi * torch.rand(5, dtype=torch.float64, generator=gen))
     u, h0 = randn(2, length, 5, dtype=torch.complex128), randn(2, 5, dtype=torch.complex128)
     assert_same_on_cuda(lru_scan, lru_scan_naive, [lamb, u, h0], 1e-9)
+
+
+@pytest.mark.parametrize("length", [1, 200, 4097])
+def test_lru_scan_triton_kernel_at_real_sizes(length, monkeypatch):
+    """complex64 on CUDA takes the Triton kernel, one launch per direction: values and
+    gradients equal the naive loop's, and the torch form's when RECBOLE_EFFICIENT_TRITON=0."""
+    gen = torch.Generator().manual_seed(length)
+    lamb = torch.polar(0.8 + 0.19 * torch.rand(128, generator=gen),
+                       2 * math.pi * torch.rand(128, generator=gen))
+    u = torch.randn(3, length, 128, dtype=torch.complex64, generator=gen)
+    h0 = torch.randn(3, 128, dtype=torch.complex64, generator=gen)
+    kernels = triton_support.load("lru_scan_triton")
+    calls, scan = [], kernels.scan
+    monkeypatch.setattr(kernels, "scan", lambda *a, **k: calls.append(1) or scan(*a, **k))
+    assert_same_on_cuda(lru_scan, lru_scan_naive, [lamb, u, h0], 2e-4)
+    assert len(calls) == 2
+    out = lru_scan(*(t.to(CUDA) for t in (lamb, u, h0)))
+    monkeypatch.setenv(triton_support.ENV, "0")
+    torch.testing.assert_close(lru_scan(*(t.to(CUDA) for t in (lamb, u, h0))), out,
+                               atol=2e-4, rtol=2e-4)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("length", [13, 300, 2000])
+def test_fused_linear_attention_at_real_sizes(length):
+    """float32 on CUDA takes the Triton kernel; float64 the torch form: same values and
+    gradients."""
+    q, k, v = (randn(4, 2, length, 32, seed=s) for s in range(3))
+    fused = lambda *t: causal_linear_attention(*(x.float() for x in t)).double()  # noqa: E731
+    assert_same_on_cuda(fused, causal_linear_attention, [q, k, v], 2e-4)
+
+
+@pytest.mark.parametrize("length", [13, 300, 2000])
+def test_fused_dispatcher_at_real_sizes(length):
+    q, k, v = (randn(4, 2, length, 32, seed=s) for s in range(3))
+    experts = randn(2, 8, 32, seed=3)
+    ek, ev = randn(4, 2, length, 4, 32, seed=4), randn(4, 2, length, 4, 32, seed=5)
+
+    def fused(*t):
+        return dispatch_causal(*(x.float() for x in t[:4]), 64, *(x.float() for x in t[4:])) \
+            .double()
+
+    assert_same_on_cuda(fused, lambda *t: dispatch_causal(*t[:4], 64, *t[4:]),
+                        [q, k, v, experts, ek, ev], 2e-4)
 
 
 @pytest.mark.parametrize("length", [13, 300])
@@ -167,19 +214,35 @@ def test_model_on_cuda_gives_the_cpu_outputs(tiny_models, name):
 
 @pytest.mark.parametrize("name", OUR_MODELS)
 def test_streaming_on_cuda_equals_the_full_forward(tiny_models, name):
+    """step, and the same step as a CUDA graph (``cuda_graph_step``), equal the full forward."""
     config, _, model = tiny_models(name)
     if not model.supports_streaming():
         pytest.skip(f"{name} does not stream")
     seq, lengths = right_padded([30, 12, 1, 25], 40, 30, seed=8)
     seq, lengths = seq.to(CUDA), lengths.to(CUDA)
     state = model.build_state(seq[:, :-1], lengths)
+    graphed = model.cuda_graph_step(state)
     for t in range(3):  # three new items, one step each
         nxt = torch.tensor([3 + t, 7, 11, 29 - t], device=CUDA)
         scores, state = model.step(nxt, state)
+        torch.testing.assert_close(graphed(nxt), scores, atol=1e-5, rtol=1e-5)
+        assert torch.equal(graphed.state.length, state.length)
         seq[torch.arange(4, device=CUDA), lengths] = nxt
         lengths = lengths + 1
         full = model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths})
         torch.testing.assert_close(scores, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_compile_auto_is_on_for_cuda_and_equals_eager(tiny_models, name):
+    config, cpu, model = tiny_models(name)
+    assert model.position_wise_compiled  # compile: auto, moved to CUDA
+    cpu.compile_setting = False
+    eager = copy.deepcopy(cpu).to(CUDA)
+    assert not eager.position_wise_compiled
+    batch = _batch(config, CUDA)
+    torch.testing.assert_close(model.full_sort_predict(batch), eager.full_sort_predict(batch),
+                               atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", OUR_MODELS)
