@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, on a machine with one CUDA GPU (about 5 minutes on an H200, 8 at most):
+# The GPU checks, on a machine with one CUDA GPU (8 minutes at most, TOTAL_SECONDS=480):
 #
 #     cd <repo> && uv run bash benchmarks/gpu_check.sh [OUT_DIR]   # default: benchmarks/results/gpu
 #
@@ -15,8 +15,9 @@
 #    (RECBOLE_EFFICIENT_TRITON=0) against the Triton ones, at L = 1000 and 8000; the three forms
 #    of the LRU scan (benchmarks.gpu_paths);
 # 3. benchmarks.gpu_summary: the targets met or missed, in OUT_DIR/summary.md.
-# Each step has a time limit (seconds, below) so that a hang cannot eat the others' time;
-# PYTHON (default python) runs everything, LENGTHS overrides the lengths.
+# Each step has a time limit (seconds, below) so that a hang cannot eat the others' time, and no
+# step runs past TOTAL_SECONDS from the start (a step left out leaves its setting missing, which
+# the summary reports); PYTHON (default python) runs everything, LENGTHS overrides the lengths.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$REPO/benchmarks/results/gpu}
@@ -36,9 +37,16 @@ if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
 fi
 mkdir -p "$OUT"
 
+TOTAL=${TOTAL_SECONDS:-480}  # the whole script: 8 minutes
+DEADLINE=$(( $(date +%s) + TOTAL ))
 step() {  # step NAME SECONDS COMMAND...: output to the terminal and OUT/NAME.log
-    local name=$1 limit=$2
+    local name=$1 limit=$2 left=$(( DEADLINE - $(date +%s) ))
     shift 2
+    if [ "$left" -lt 15 ]; then
+        echo "== $name: skipped, the script's $TOTAL s are spent"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name ($(date -u +%H:%M:%S), limit ${limit} s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} at $(date -u +%H:%M:%S)"
@@ -54,10 +62,10 @@ for candidate in "$REPO/../shared/datasets" "$REPO/shared/datasets"; do
     [ -z "$DATA" ] && [ -f "$candidate/ml-1m/ml-1m.inter" ] && DATA=$candidate
 done
 OURS=(SoftmaxSASRec LRURec LinRec LinRecBERT ELASTIC)
-step tests 300 $PY -m pytest -q -p no:cacheprovider -rA --durations=10 $XDIST tests/test_cuda.py &
+step tests 240 $PY -m pytest -q -p no:cacheprovider -rA --durations=10 $XDIST tests/test_cuda.py &
 if [ -n "$DATA" ]; then
     for model in "${OURS[@]}"; do
-        step "ml1m_$model" 300 $PY -m benchmarks.accuracy --models "$model" --dataset ml-1m \
+        step "ml1m_$model" 240 $PY -m benchmarks.accuracy --models "$model" --dataset ml-1m \
             --data_path "$DATA" --epochs 1 --out "$OUT/ml1m/$model" --gpu_id=0 \
             --MAX_ITEM_LIST_LENGTH=200 --allow_download=False > /dev/null &
     done
@@ -70,17 +78,17 @@ wait
 
 TIMED=(SoftmaxSASRec LRURec LinRec ELASTIC ELASTIC@use_imr=False SASRec)
 EFF=(-m benchmarks.efficiency --device cuda --clock wall)
-step train_fp32 100 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --out "$OUT/train_fp32" \
+step train_fp32 90 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --out "$OUT/train_fp32" \
     --models "${TIMED[@]}"
-step train_bf16 100 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --amp bf16 \
-    --out "$OUT/train_bf16" --models "${TIMED[@]}"
 step inference 60 $PY "${EFF[@]}" --lengths $LENGTHS --preset inference --out "$OUT/inference" \
     --models "${OURS[@]}" SASRec
+step train_bf16 90 $PY "${EFF[@]}" --lengths $LENGTHS --preset train --amp bf16 \
+    --out "$OUT/train_bf16" --models "${TIMED[@]}"
 # what each change gives: compile off (variants of the same run), Triton off (a run of its own)
 step compile_off 60 $PY "${EFF[@]}" --lengths 1000 8000 --preset train \
     --out "$OUT/ablation_compile" --models SoftmaxSASRec LRURec LRURec@compile=False LinRec \
     LinRec@compile=False ELASTIC ELASTIC@compile=False
 step triton_off 60 env RECBOLE_EFFICIENT_TRITON=0 $PY "${EFF[@]}" --lengths 1000 8000 \
     --preset train --out "$OUT/ablation_torch_kernels" --models SoftmaxSASRec LRURec LinRec ELASTIC
-step gpu_paths 60 $PY -m benchmarks.gpu_paths --lengths 1000 8000
+step gpu_paths 45 $PY -m benchmarks.gpu_paths --lengths 1000 8000
 $PY -m benchmarks.gpu_summary "$OUT"

@@ -3,14 +3,15 @@
     python -m benchmarks.gpu_summary [RESULTS_DIR]   # default: benchmarks/results/gpu
 
 For every ``efficiency.json`` under RESULTS_DIR (one folder per setting: ``train_fp32``,
-``train_bf16``, ``inference``, ...), a table per setting: each model's median ms per step at
-every L, its ratio to its own floor (the same model without its sequence mixer) and to
-SoftmaxSASRec, and whether it meets the targets:
+``train_bf16``, ``inference``, the ablations), a table per setting: each model's median ms per
+step at every L, its ratio to its own floor (the same model without its sequence mixer) and to
+SoftmaxSASRec. The verdict reads the targets off the settings in :data:`REQUIRED`:
 
 * training: faster than SoftmaxSASRec at every L >= 1000, and within 1.4x its floor at every L;
-* inference: within 1.6x its floor at every L >= 1000.
+* inference: within 1.6x its floor at every L >= 1000;
 
-Writes RESULTS_DIR/summary.md and prints it.
+a required setting without results, or a point a target applies to that did not run, is a
+miss. Writes RESULTS_DIR/summary.md and prints it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ REFERENCE = "SoftmaxSASRec"
 #: (kind, shortest L the bound applies from, floor-ratio bound, must beat the reference)
 TARGETS = {"train": (0, 1.4, True), "inference": (1000, 1.6, False)}
 REFERENCE_FROM = 1000  # the reference must be beaten from this length on
+#: The settings of benchmarks/gpu_check.sh the verdict is read from.
+REQUIRED = ("train_fp32", "train_bf16", "inference")
 
 
 def _floor_label(label):
@@ -57,8 +60,12 @@ def setting_summary(name, data):
             ref = times.get((REFERENCE, length))
             if t is None:
                 cells.append("–")
+                if label in efficient and length >= start:
+                    failures.append(f"{name}: {label} at L={length} did not run")
                 continue
             text = f"{t * 1e3:.1f}"
+            if floor is None and label in efficient and length >= start:
+                failures.append(f"{name}: {label}'s floor at L={length} did not run")
             if floor:
                 ratio = t / floor
                 text += f" ({ratio:.2f}×)"
@@ -83,17 +90,22 @@ def setting_summary(name, data):
     return head + table + "\n", failures
 
 
-def summarise(results_dir):
-    """The summary markdown of every efficiency run under ``results_dir``."""
+def summarise(results_dir, required=REQUIRED):
+    """``(markdown, misses)``: every efficiency run under ``results_dir``, and the targets the
+    ``required`` settings miss."""
     runs = sorted(Path(results_dir).glob("*/efficiency.json"))
     if not runs:
         raise FileNotFoundError(f"no */efficiency.json under {results_dir}: run "
                                 "benchmarks/gpu_check.sh first")
     parts, failures = ["# GPU targets\n"], []
+    failures += [f"{name}: no results ({name}/efficiency.json is missing: the step failed or "
+                 "ran out of time)" for name in required
+                 if not (Path(results_dir) / name / "efficiency.json").is_file()]
     for path in runs:
         text, missed = setting_summary(path.parent.name, json.loads(path.read_text()))
         parts.append(text)
-        failures += missed
+        if path.parent.name in required:
+            failures += missed
     parts.append("## Verdict\n")
     parts.append("All targets met.\n" if not failures else
                  "\n".join(f"- {f}" for f in failures) + "\n")

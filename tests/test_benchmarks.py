@@ -477,19 +477,27 @@ def test_gpu_summary_reads_each_target_off_the_runs(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| LRURec | 13.0 (1.30×), 1.30× ref | 11.0 (1.47×), 0.92× ref |" in text
     _, failures = gpu_summary.summarise(tmp_path)
-    assert failures == ["inference: LinRec at L=1000 is 2.00× its floor (target ≤ 1.6)",
+    assert failures == ["train_bf16: no results (train_bf16/efficiency.json is missing: the step "
+                        "failed or ran out of time)",
+                        "inference: LinRec at L=1000 is 2.00× its floor (target ≤ 1.6)",
                         "train_fp32: LRURec at L=1000 is 1.47× its floor (target ≤ 1.4)"]
+    required = ("train_fp32", "inference")
     train[("LRURec", 1000)] = 12.5  # within its floor bound, not faster than softmax
     inference[("LinRec", 1000)] = 1.5
     _write_run(tmp_path, "train_fp32", "train", train)
     _write_run(tmp_path, "inference", "inference", inference)
-    assert gpu_summary.summarise(tmp_path)[1] == [
+    assert gpu_summary.summarise(tmp_path, required)[1] == [
         "train_fp32: LRURec at L=1000 is 1.67× its floor (target ≤ 1.4)",
         "train_fp32: LRURec at L=1000 is not faster than SoftmaxSASRec (12.5 vs 12.0 ms)"]
     train[("LRURec", 1000)] = 10
     _write_run(tmp_path, "train_fp32", "train", train)
-    assert gpu_summary.summarise(tmp_path)[1] == []
-    assert "All targets met." in gpu_summary.summarise(tmp_path)[0]
+    _write_run(tmp_path, "ablation", "train", {("LRURec", 1000): 50, ("LRURec@floor", 1000): 1})
+    text, failures = gpu_summary.summarise(tmp_path, required)
+    assert failures == [] and "All targets met." in text and "### ablation" in text
+    del train[("LRURec@floor", 1000)]  # a point that did not run is a miss
+    _write_run(tmp_path, "train_fp32", "train", train)
+    assert gpu_summary.summarise(tmp_path, required)[1] == [
+        "train_fp32: LRURec's floor at L=1000 did not run"]
 
 
 def test_gpu_summary_without_runs_says_what_to_run(tmp_path, capsys):

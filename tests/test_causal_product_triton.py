@@ -104,3 +104,16 @@ def test_empty_input_and_a_chunk_the_kernel_cannot_tile():
     x = torch.zeros(1, 1, 4, 8)
     with pytest.raises(ValueError, match="power of two"):
         kernels.causal_product(x, x, x, chunk=24)
+
+
+def test_dot_precision_follows_torch_float32_matmul_setting():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        assert triton_support.dot_precision() == ("tf32" if before == "tf32" else "ieee")
+        matmul.fp32_precision = "tf32"
+        assert triton_support.dot_precision() == "tf32"
+        matmul.fp32_precision = "ieee"
+        assert triton_support.dot_precision() == "ieee"
+    finally:
+        matmul.fp32_precision = before

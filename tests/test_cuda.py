@@ -74,9 +74,7 @@ def test_lru_scan_triton_kernel_at_real_sizes(length, monkeypatch):
                        2 * math.pi * torch.rand(128, generator=gen))
     u = torch.randn(3, length, 128, dtype=torch.complex64, generator=gen)
     h0 = torch.randn(3, 128, dtype=torch.complex64, generator=gen)
-    kernels = triton_support.load("lru_scan_triton")
-    calls, scan = [], kernels.scan
-    monkeypatch.setattr(kernels, "scan", lambda *a, **k: calls.append(1) or scan(*a, **k))
+    calls = count_calls(monkeypatch, triton_support.load("lru_scan_triton"), "scan")
     assert_same_on_cuda(lru_scan, lru_scan_naive, [lamb, u, h0], 2e-4)
     assert len(calls) == 2
     out = lru_scan(*(t.to(CUDA) for t in (lamb, u, h0)))
@@ -86,17 +84,29 @@ def test_lru_scan_triton_kernel_at_real_sizes(length, monkeypatch):
     assert len(calls) == 3
 
 
+def count_calls(monkeypatch, module, name):
+    """A list that grows by one at each call of ``module.name`` (looked up at call time)."""
+    calls, fn = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or fn(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("length", [13, 300, 2000])
-def test_fused_linear_attention_at_real_sizes(length):
+def test_fused_linear_attention_at_real_sizes(length, monkeypatch):
     """float32 on CUDA takes the Triton kernel; float64 the torch form: same values and
     gradients."""
+    calls = count_calls(monkeypatch, triton_support.load("causal_product_triton"),
+                        "causal_product")
     q, k, v = (randn(4, 2, length, 32, seed=s) for s in range(3))
     fused = lambda *t: causal_linear_attention(*(x.float() for x in t)).double()  # noqa: E731
     assert_same_on_cuda(fused, causal_linear_attention, [q, k, v], 2e-4)
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("length", [13, 300, 2000])
-def test_fused_dispatcher_at_real_sizes(length):
+def test_fused_dispatcher_at_real_sizes(length, monkeypatch):
+    calls = count_calls(monkeypatch, triton_support.load("dispatcher_attention_triton"),
+                        "causal_product")
     q, k, v = (randn(4, 2, length, 32, seed=s) for s in range(3))
     experts = randn(2, 8, 32, seed=3)
     ek, ev = randn(4, 2, length, 4, 32, seed=4), randn(4, 2, length, 4, 32, seed=5)
@@ -107,6 +117,7 @@ def test_fused_dispatcher_at_real_sizes(length):
 
     assert_same_on_cuda(fused, lambda *t: dispatch_causal(*t[:4], 64, *t[4:]),
                         [q, k, v, experts, ek, ev], 2e-4)
+    assert len(calls) == 2  # the two prefix sums
 
 
 @pytest.mark.parametrize("length", [13, 300])

@@ -135,6 +135,28 @@ def test_streaming_rows_at_different_positions_query_the_memory_at_their_own_anc
     assert sum(rows) == 6  # each row: 2 anchors among its 6 positions, not all 3 rows each step
 
 
+def test_static_streaming_for_cuda_graphs_gives_the_same_scores():
+    """``static_stream`` (set while a CUDA graph captures the step): every row queries the
+    memory and only the anchors keep the result, with no host sync; the same scores and state
+    as the branching step, for rows at different residues."""
+    model = make_model(memory_stride=3)
+    seq, _ = right_padded([12, 12, 12], 12, seed=5)
+    built = torch.tensor([2, 1, 0])
+    states = [model.build_state(seq[:, :2], built) for _ in range(2)]
+    for step in range(6):
+        items = seq[torch.arange(3), built + step]
+        scores, states[0] = model.step(items, states[0])
+        model.static_stream = True
+        try:
+            static_scores, states[1] = model.step(items, states[1])
+        finally:
+            model.static_stream = False
+        torch.testing.assert_close(static_scores, scores, atol=1e-6, rtol=1e-6)
+    for a, b in zip(helpers.state_tensors(states[0].layers),
+                    helpers.state_tensors(states[1].layers)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_noncausal_form_trains_augmented_only():
     with pytest.raises(ConfigError, match="needs a causal encoder"):
         make_model(lda_causal=False, train_mode="all_positions")

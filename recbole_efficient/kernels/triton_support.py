@@ -53,6 +53,13 @@ def load(name: str):
 
 def dot_precision() -> str:
     """``tl.dot``'s ``input_precision`` that matches torch's float32 matmuls: TF32 only where
-    the user allowed it for matmuls (``torch.backends.cuda.matmul.allow_tf32``, off by
-    default), IEEE float32 otherwise."""
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    the user allowed it for matmuls (``torch.backends.cuda.matmul.fp32_precision``, or the
+    older ``allow_tf32``; off by default), IEEE float32 otherwise."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision
+    try:
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    except RuntimeError:  # torch refuses the old flag once the new API was used
+        return "ieee"

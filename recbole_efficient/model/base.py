@@ -55,6 +55,9 @@ class EfficientSequentialRecommender(SequentialRecommender):
     #: Keys added to this model after checkpoints of it were saved, with the value that
     #: rebuilds those checkpoints' model (``checkpoint.config_from_checkpoint``).
     checkpoint_defaults = {}
+    #: Set while a CUDA graph captures :meth:`step` (:class:`CudaGraphStep`): ``_stream_step``
+    #: then takes no branch that depends on the data (no host sync, one path for every call).
+    static_stream = False
     #: Whether parameters that can take row-sparse gradients (a ``sparse`` optimiser group,
     #: e.g. ELASTIC's memory bank) get them; see :meth:`use_sparse_gradients`.
     sparse_gradients = False
@@ -353,24 +356,29 @@ class CudaGraphStep:
         if not state.length.is_cuda:
             raise ValueError("cuda_graph_step needs the state on a CUDA device (model.cuda() "
                              "before init_state/build_state); on the CPU call model.step.")
-        model._check_limit(state.length)
         self.model = model
         self.limit = model.stream_limit()
         self.longest = int(state.length.max()) if state.length.numel() else 0
+        # the warm-up steps read one position past the state: a full history must not get there
+        model._check_limit(state.length + 1)
         self.state = StreamState([_clone(entry) for entry in state.layers], state.length.clone())
         self.items = torch.ones_like(state.length)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(warmup):  # lazy initialisations happen before capture, not in it
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.scores, layers = self._step()
-            for old, new in zip(_flat(self.state.layers), _flat(layers)):
-                old.copy_(new)
-            self.state.length.add_(1)
+        model.static_stream = True
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(warmup):  # lazy initialisations happen before capture, not in it
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.scores, layers = self._step()
+                for old, new in zip(_flat(self.state.layers), _flat(layers)):
+                    old.copy_(new)
+                self.state.length.add_(1)
+        finally:
+            model.static_stream = False
 
     def _step(self):
         hidden, layers = self.model._stream_step(self.items, self.state.length,

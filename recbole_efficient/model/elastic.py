@@ -423,8 +423,10 @@ class ELASTIC(TransformerInput, EfficientSequentialRecommender):
         if self.imr is not None:
             total, interests = layers[-2] + x, layers[-1]
             anchor = positions % self.memory_stride == 0
-            if bool(anchor.any()):  # only the rows at an anchor query the memory
-                summary = total / (positions + 1)[:, None].to(x.dtype)
+            summary = total / (positions + 1)[:, None].to(x.dtype)
+            if self.static_stream:  # every row queries, anchors keep theirs: no host sync
+                interests = torch.where(anchor[:, None, None], self.imr(summary, x), interests)
+            elif bool(anchor.any()):  # only the rows at an anchor query the memory
                 if bool(anchor.all()):
                     interests = self.imr(summary, x)
                 else:
