@@ -253,6 +253,7 @@ COMMON_SPEC = (
     Int("eval_step", 0),  # 0: no validation (RecBole saves every epoch)
     Float("train_time_budget", 0, low_open=True, none_ok=True, example=300),
     Bool("exclude_history"),
+    Choice("same_time_order", ("file", "item_id")),
     Bool("bucket_by_length"),
     Bool("allow_download"),
     Rule(("dataset_mirrors",), lambda c, m: _mirrors_problem(c["dataset_mirrors"]) is None,

@@ -106,3 +106,47 @@ def test_all_positions_requires_leave_one_out(tiny):
     with pytest.raises(ValueError, match="leave-one-out"):
         Config(model="SoftmaxSASRec", dataset=TINY, read_cmd_line=False,
                config_dict=cfg(eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO"}))
+
+
+@pytest.mark.parametrize("mode", ["augmented", "all_positions"])
+def test_same_time_order_item_id_orders_ties_by_ascending_numeric_item_id(tmp_path,
+                                                                          monkeypatch, mode):
+    """Ratings of one second in the file's order by default, in ascending item id with
+    ``same_time_order: item_id`` (10 after 9: ids compare as numbers); the validation and test
+    targets are the last two of that order."""
+    from helpers import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ties").mkdir()
+    rows = [(1, 30, 1), (1, 5, 1), (1, 100, 1), (1, 12, 2), (1, 9, 3), (1, 7, 3),
+            (2, 8, 1), (2, 3, 2), (2, 40, 2), (2, 10, 2), (2, 2, 2)]
+    (tmp_path / "ties" / "ties.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
+    expected = {"file": {"1": [30, 5, 100, 12, 9, 7], "2": [8, 3, 40, 10, 2]},
+                "item_id": {"1": [5, 30, 100, 12, 7, 9], "2": [8, 2, 3, 10, 40]}}
+    for order, histories in expected.items():
+        config = Config(model="SoftmaxSASRec", dataset="ties", read_cmd_line=False,
+                        config_dict=tiny_config(tmp_path, train_mode=mode, same_time_order=order,
+                                                MAX_ITEM_LIST_LENGTH=10))
+        dataset = create_dataset(config)
+        _, valid, test = dataset.build()
+        for split, offset in ((valid, 2), (test, 1)):
+            users = dataset.id2token(dataset.uid_field, split.inter_feat["user_id"].numpy())
+            items = dataset.id2token(dataset.iid_field, split.inter_feat["item_id"].numpy())
+            seqs = split.inter_feat["item_id_list"].numpy()
+            lengths = split.inter_feat["item_length"].numpy()
+            for user, item, seq, length in zip(users, items, seqs, lengths):
+                history = histories[user]
+                assert int(item) == history[-offset], (order, mode, user)
+                inputs = dataset.id2token(dataset.iid_field, seq[:length])
+                assert [int(i) for i in inputs] == history[:-offset], (order, mode, user)
+
+
+def test_same_time_order_refuses_an_unknown_value(tiny):
+    from recbole_efficient.validation import ConfigError
+
+    _, cfg = tiny
+    with pytest.raises(ConfigError, match="same_time_order='random' must be one of file, item_id"):
+        Config(model="LRURec", dataset=TINY, read_cmd_line=False,
+               config_dict=cfg(same_time_order="random"))

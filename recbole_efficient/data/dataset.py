@@ -11,6 +11,7 @@ items and the same evaluation rows; the masks are drawn per batch (:func:`cloze_
 from logging import getLogger
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataset import Dataset as RecBoleDataset
 from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
@@ -75,9 +76,28 @@ class SequentialDataset(AtomicFilesMixin, RecBoleSequentialDataset):
 
     def build(self):
         histories = self.inter_feat[self.uid_field].value_counts()  # before any split
+        if self.config["same_time_order"] == "item_id":
+            self._order_same_time_by_item_id()
         splits = self._build_splits()
         self._check_splits(splits, histories)
         return splits
+
+    def _order_same_time_by_item_id(self):
+        """Interactions of a user at the same time in ascending item id (``same_time_order:
+        item_id``): the later sorts by user and time are stable, so ties keep this order
+        instead of the file's. LRURec's code sorts each history by (timestamp, item id)."""
+        if self.time_field is None:
+            raise ValueError("same_time_order=item_id needs a time field (TIME_FIELD, loaded by "
+                             "load_col); drop the key or load the timestamps.")
+        feat = self.inter_feat
+        tokens = np.asarray(self.field2id_token[self.iid_field])[feat[self.iid_field].to_numpy()]
+        numeric = pd.to_numeric(pd.Series(tokens), errors="coerce")
+        # numeric ids compare as numbers (MovieLens: 10 after 9), any other ids as text
+        key = numeric.to_numpy() if not numeric.isna().any() else np.unique(
+            tokens, return_inverse=True)[1]
+        order = np.lexsort((key, feat[self.time_field].to_numpy(),
+                            feat[self.uid_field].to_numpy()))
+        self.inter_feat = feat.iloc[order].reset_index(drop=True)
 
     def _check_splits(self, splits, histories):
         """Users need 2 interactions to train, 3 to be tested, 4 to be validated (leave-one-out)."""
