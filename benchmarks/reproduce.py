@@ -12,14 +12,19 @@ code path (``run_recbole_efficient``) in a working folder of its own under
   ``--fresh`` moves the old run aside and starts over),
 * an interrupted run resumes from its latest checkpoint, model by model,
 * ``--time_budget`` caps each run's wall-clock fit time (training and validation); a run stopped
-  by it is marked "budget-limited, not converged".
+  by it is marked "budget-limited, not converged",
+* ``--jobs N`` trains up to N runs at once, each in a process of its own (log in
+  ``<out>/logs/``): on one GPU the runs are launch-bound, so concurrent processes finish a list
+  sooner than one after another (``benchmarks/reproduce_gpu.sh`` measures it); each keeps its
+  whole budget.
 
 Protocols (both: ml-1m with users and items of >= 5 interactions, which gives LRURec's
 statistics, 6,040 users and 3,416 items; leave-one-out by time; L = 200; full ranking over all
 items; patience 10; Recall/NDCG/MRR@{10, 20}):
 
 * ``lrurec``: the items of the input history are excluded from the ranking, model selection
-  on validation Recall@10 (Yue et al., WSDM 2024, Table 3);
+  on validation Recall@10, ratings of the same second in ascending item id as LRURec's code
+  orders them (Yue et al., WSDM 2024, Table 3);
 * ``recbole``: history not excluded, model selection on validation NDCG@10 (RecBole's own
   default is MRR@10; NDCG@10 is what RecBole-protocol papers report).
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -55,7 +61,8 @@ COMMON = {
 }
 PROTOCOLS = {
     "lrurec": {"title": "LRURec's protocol: history excluded, selection on valid Recall@10",
-               "config": {"exclude_history": True, "valid_metric": "Recall@10"}},
+               "config": {"exclude_history": True, "valid_metric": "Recall@10",
+                          "same_time_order": "item_id"}},
     "recbole": {"title": "RecBole's protocol: history not excluded, selection on valid NDCG@10",
                 "config": {"exclude_history": False, "valid_metric": "NDCG@10"}},
 }
@@ -96,7 +103,10 @@ def build_parser():
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--fresh", action="store_true", help="ignore finished and interrupted runs")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in a process of its own")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--run", nargs=2, metavar=("PROTOCOL", "MODEL"), help=argparse.SUPPRESS)
     return p
 
 
@@ -112,10 +122,13 @@ def parse_args(argv=None):
     args.models = args.models or models.default_models(BASELINES)
     args.data_path = str(Path(args.data_path).resolve())
     args.out = str(Path(args.out).resolve())
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.device == "cuda" and args.time_budget is None:
         runs = len(args.models) * len(args.protocols)
+        waves = -(-runs // args.jobs)  # runs after one another per process slot
         # Data loading and the final test take ~20 s per run on one GPU.
-        args.time_budget = max(30.0, args.gpu_minutes * 60 / runs - 20)
+        args.time_budget = max(30.0, args.gpu_minutes * 60 / waves - 20)
     return args
 
 
@@ -202,6 +215,42 @@ def run_one(args, protocol, model, log=print):
     row = {**row_of(protocol, model, config_dict, result, wall, args), "settings": settings}
     done.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def run_in_processes(args, argv):
+    """Every (protocol, model) run as ``python -m benchmarks.reproduce ... --run PROTOCOL
+    MODEL``, ``args.jobs`` at a time; the rows, in the order of the runs."""
+    runs = [(protocol, model) for protocol in args.protocols for model in args.models]
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]  # where `-m benchmarks.reproduce` resolves
+    pending, running, codes = list(runs), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            protocol, model = pending.pop(0)
+            log = open(logs / f"{protocol}_{model}.log", "w")
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.reproduce", *argv,
+                                     "--run", protocol, model], cwd=repo, stdout=log,
+                                    stderr=subprocess.STDOUT)
+            print(f"== {protocol} / {model}: started (pid {proc.pid}, log {log.name})",
+                  flush=True)
+            running.append((protocol, model, proc, log))
+        time.sleep(0.5)
+        for item in [r for r in running if r[2].poll() is not None]:
+            protocol, model, proc, log = item
+            log.close()
+            codes[protocol, model] = proc.returncode
+            running.remove(item)
+            print(f"== {protocol} / {model}: exit {proc.returncode}", flush=True)
+    rows = []
+    for protocol, model in runs:
+        done = run_dir(args, protocol, model) / "result.json"
+        rows.append(json.loads(done.read_text()) if codes[protocol, model] == 0 and
+                    done.is_file() else
+                    {"protocol": protocol, "model": model, "device": args.device,
+                     "status": "error", "error": f"exit {codes[protocol, model]}, see "
+                                                 f"{logs / f'{protocol}_{model}.log'}"})
+    return rows
 
 
 def latest_checkpoint(folder):
@@ -294,8 +343,15 @@ def dataset_check(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     import torch
+
+    if args.run:  # one run of a --jobs list, in a process of its own
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        row = run_one(args, *args.run)
+        raise SystemExit(1 if row.get("status") == "error" else 0)
 
     from recbole_efficient.data.fetch import DatasetError
 
@@ -316,11 +372,14 @@ def main(argv=None):
         "dataset_check": checked,
     }
     print(meta["dataset_check"], flush=True)
-    rows = []
-    for protocol in args.protocols:
-        for model in args.models:
-            rows.append(run_one(args, protocol, model))
-            write_reports(meta, rows, args.out)  # a partial table survives an interruption
+    if args.jobs > 1:
+        rows = run_in_processes(args, argv)
+    else:
+        rows = []
+        for protocol in args.protocols:
+            for model in args.models:
+                rows.append(run_one(args, protocol, model))
+                write_reports(meta, rows, args.out)  # a partial table survives an interruption
     text = write_reports(meta, rows, args.out)
     print(text)
     return rows

@@ -205,6 +205,18 @@ def test_gpu_check_refuses_a_machine_without_cuda(tmp_path, python, message):
     assert not (tmp_path / "gpu").exists()
 
 
+def test_reproduce_gpu_refuses_a_machine_without_cuda(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_gpu.sh"
+    out = subprocess.run(["bash", str(script), str(tmp_path / "gpu")], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                              "PYTHON": sys.executable})
+    assert out.returncode == 2 and "sees no CUDA device" in out.stderr
+    assert not (tmp_path / "gpu").exists()
+
+
 def _assert_tables_well_formed(md):
     """Every markdown table row has as many cells as its header."""
     tables, current = [], []
@@ -392,6 +404,11 @@ def test_reproduce_protocols_and_gpu_budget(monkeypatch):
     args = reproduce.parse_args(["--models", "LRURec", "SASRec", "--device", "cuda",
                                  "--gpu_minutes", "10", "--train_batch_size=256"])
     assert args.time_budget == 10 * 60 / 4 - 20  # 2 models x 2 protocols share 10 minutes
+    concurrent = reproduce.parse_args(["--models", "LRURec", "SASRec", "--device", "cuda",
+                                       "--jobs", "3"])
+    assert concurrent.time_budget == 10 * 60 / 2 - 20  # 4 runs in 3 slots: two after another
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--jobs", "0"])
     lru, rb = reproduce.run_args(args, "lrurec"), reproduce.run_args(args, "recbole")
     assert lru.exclude_history and not rb.exclude_history
     assert lru.overrides["valid_metric"] == "Recall@10" and rb.overrides["valid_metric"] == "NDCG@10"
@@ -448,6 +465,14 @@ def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny):
     assert reproduce.main(argv + more) == second  # same settings: reused, not repeated
     fresh = reproduce.main(argv + ["--protocols", "recbole", "--epochs", "1", "--fresh"])
     assert fresh[0]["epochs"] == 1 and len(list(out.glob("runs/recbole/SoftmaxSASRec.old-*"))) == 1
+
+    # --jobs: each run in a process of its own, the same rows; a finished run is reused there too
+    jobs = reproduce.main(argv + more + ["--jobs", "2"])
+    assert jobs[0] == second[0]  # lrurec: finished with these settings
+    assert jobs[1]["protocol"] == "recbole" and jobs[1]["epochs"] == 3  # continued from 1 epoch
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "lrurec_SoftmaxSASRec.log", "recbole_SoftmaxSASRec.log"]
+    assert "finished earlier, reused" in (out / "logs" / "lrurec_SoftmaxSASRec.log").read_text()
 
 
 # -- GPU targets ---------------------------------------------------------------------------------
