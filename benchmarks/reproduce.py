@@ -80,7 +80,7 @@ PAPER_ROW = {"LRURec": "LRURec", "SoftmaxSASRec": "SASRec", "SASRec": "SASRec",
 RECBOLE_REFERENCE = "SASRec-like models under RecBole's protocol: NDCG@10 ≈ .18–.20, HR@10 ≈ .31–.33"
 PAPER_KEYS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
 TABLE_FIELDS = ["protocol", "model", "train_mode", "device", "budget_s", "status", "epochs",
-                "best_epoch", "train_s", "wall_s", "s_per_epoch",
+                "steps", "best_epoch", "train_s", "wall_s", "s_per_epoch",
                 "ndcg@10", "paper_ndcg@10", "recall@10", "paper_recall@10",
                 "ndcg@20", "paper_ndcg@20", "recall@20", "paper_recall@20", "mrr@10", "mrr@20"]
 
@@ -165,7 +165,8 @@ def row_of(protocol, model, config_dict, result, wall, args):
     row = {
         "protocol": protocol, "model": model, "train_mode": config_dict.get("train_mode"),
         "device": args.device, "budget_s": args.time_budget, "status": status_of(result, args),
-        "epochs": len(secs), "best_epoch": result.get("best_epoch"), "train_s": round(sum(secs), 1),
+        "epochs": len(secs), "steps": len(secs) * result.get("train_steps_per_epoch", 0) or None,
+        "best_epoch": result.get("best_epoch"), "train_s": round(sum(secs), 1),
         "wall_s": round(wall, 1),
         "s_per_epoch": round(statistics.median(secs), 2) if secs else None,
         "valid_history": history,
@@ -278,7 +279,9 @@ def markdown_report(meta, rows):
         f"- data: {meta['dataset_check']}",
         "- budget per run: " + (f"{meta['time_budget']:g} s of fit time" if meta["time_budget"]
                                 else "no time limit") + ", at most "
-        f"{meta['epochs']} epochs, early stopping with patience 10",
+        f"{meta['epochs']} epochs, early stopping with patience "
+        f"{meta['overrides'].get('stopping_step', COMMON['stopping_step'])} validations, "
+        f"validation every {meta['overrides'].get('eval_step', 1)} epoch(s)",
         "- paper columns: LRURec (Yue et al., WSDM 2024) Table 3, ML-1M, under its own protocol "
         "(SoftmaxSASRec is SASRec's architecture, so it sits next to the paper's SASRec)",
         f"- {RECBOLE_REFERENCE}",

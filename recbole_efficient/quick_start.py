@@ -57,6 +57,7 @@ def run_recbole_efficient(model=None, dataset=None, config_file_list=None, confi
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "train_epoch_seconds": list(trainer.epoch_seconds),
+        "train_steps_per_epoch": len(train_data),
         "train_losses": [trainer.train_loss_dict[e] for e in sorted(trainer.train_loss_dict)],
         "fault": trainer.fault,
         "valid_history": [list(h) for h in trainer.valid_history],

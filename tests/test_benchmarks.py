@@ -448,6 +448,7 @@ def test_reproduce_end_to_end_resumes_and_reuses_runs(tiny):
         ("lrurec", "epoch-limited (1), not converged", 1),
         ("recbole", "epoch-limited (1), not converged", 1)]
     assert all(0 <= r["recall@10"] <= 1 and r["paper_ndcg@10"] is None for r in first)
+    assert all(r["steps"] >= 1 for r in first)  # one epoch of at least one batch
     md = (out / "reproduce.md").read_text()
     assert "LRURec's protocol" in md and "RecBole's protocol" in md
     assert (out / "reproduce_curves.png").is_file() and (out / "reproduce.csv").is_file()
