@@ -84,6 +84,22 @@ def test_cloze_mask_never_hits_padding_and_masks_every_row():
     assert 0.18 < draws.float().mean() < 0.22
 
 
+def test_fine_tuning_rows_mask_only_their_last_item():
+    """``ft_ratio``: that share of the rows masks its last real item and nothing else; the
+    other rows are Cloze rows as before; 0 changes nothing."""
+    lengths = torch.randint(1, 31, (4000,), generator=torch.Generator().manual_seed(1))
+    mask = cloze_mask(lengths, 30, 0.2, torch.Generator().manual_seed(2), ft_ratio=0.5)
+    last = torch.arange(30)[None] == (lengths[:, None] - 1)
+    only_last = (mask == last).all(1)
+    long_rows = lengths >= 10  # a Cloze row of 10+ items rarely masks its last item only
+    assert 0.47 < only_last[long_rows].float().mean() < 0.56
+    assert not (mask & ~(torch.arange(30)[None] < lengths[:, None])).any()
+    assert mask.any(1).all()
+    plain = cloze_mask(lengths, 30, 0.2, torch.Generator().manual_seed(2))
+    assert torch.equal(cloze_mask(lengths, 30, 0.2, torch.Generator().manual_seed(2),
+                                  ft_ratio=0.0), plain)
+
+
 def _dataset(cfg, model, mode):
     config = Config(model=model, dataset=TINY, read_cmd_line=False,
                     config_dict=cfg(train_mode=mode, eval_args={

@@ -32,18 +32,24 @@ def target_list_field(config):
     return config["ITEM_ID_FIELD"] + TARGET_SUFFIX + config["LIST_SUFFIX"]
 
 
-def cloze_mask(item_seq_len, width, mask_ratio, generator=None):
+def cloze_mask(item_seq_len, width, mask_ratio, generator=None, ft_ratio=0.0):
     """Positions to mask in Cloze training rows: bool ``[B, width]``.
 
     Each real position (``< item_seq_len``) is masked with probability ``mask_ratio``; a row
     where none was drawn gets its last real item masked (the prediction task of evaluation).
-    Padding is never masked; every non-empty row has at least one masked position.
+    With probability ``ft_ratio`` a row is a fine-tuning row instead (BERT4Rec's ``ft_ratio``,
+    drawn per row here, per batch in RecBole): only its last real item is masked. Padding is
+    never masked; every non-empty row has at least one masked position.
     """
     positions = torch.arange(width, device=item_seq_len.device)
     real = positions[None, :] < item_seq_len[:, None]
     draw = torch.rand(real.shape, generator=generator, device=item_seq_len.device)
     mask = (draw < mask_ratio) & real
     last = positions[None, :] == (item_seq_len[:, None] - 1)
+    if ft_ratio:
+        tune = torch.rand(item_seq_len.shape, generator=generator,
+                          device=item_seq_len.device) < ft_ratio
+        mask = torch.where(tune[:, None], False, mask)
     return mask | (last & ~mask.any(1, keepdim=True))
 
 

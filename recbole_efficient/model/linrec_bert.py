@@ -9,7 +9,8 @@ padding-masked: pads add nothing to ``K^T V``.
 Training (``train_mode: cloze``, the default) follows the BERT4Rec paper: one row per user
 window of at most ``MAX_ITEM_LIST_LENGTH`` items, each real item replaced by ``[mask]`` with
 probability ``mask_ratio`` (fresh masks every batch, at least one per row), and the loss at
-the masked positions only. An epoch therefore costs what an ``all_positions`` epoch costs.
+the masked positions only; a share ``ft_ratio`` of the rows masks only its last item instead
+(BERT4Rec's fine-tuning rows: the task evaluation asks for). An epoch therefore costs what an ``all_positions`` epoch costs.
 ``augmented`` (RecBole's prefix rows) trains on the evaluation task directly.
 
 Prediction appends ``[mask]`` after the history and scores the items at that position; a
@@ -25,14 +26,17 @@ from recbole_efficient.data.dataset import cloze_mask
 from recbole_efficient.model.base import EfficientSequentialRecommender
 from recbole_efficient.model.linear_attention import LINEAR_ATTENTION_SPEC, LinearAttentionEncoder
 from recbole_efficient.model.shared import TransformerInput
-from recbole_efficient.validation import Float
+from recbole_efficient.validation import Float, Prob
 
 
 class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
     causal = False
     config_spec = LINEAR_ATTENTION_SPEC + (
         Float("mask_ratio", 0, 1, low_open=True, high_open=True),
+        Prob("ft_ratio"),
     )
+    #: Built before ``ft_ratio`` existed: those checkpoints trained without fine-tuning rows.
+    checkpoint_defaults = {"ft_ratio": 0.0}
 
     @classmethod
     def train_modes(cls, config):
@@ -41,6 +45,7 @@ class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.mask_ratio = config["mask_ratio"]
+        self.ft_ratio = config["ft_ratio"]
         eps = config["layer_norm_eps"]
         self.mask_token = self.n_items
         self._build_input(config, n_embeddings=self.n_items + 1)  # + the [mask] token
@@ -93,7 +98,8 @@ class LinRecBERT(TransformerInput, EfficientSequentialRecommender):
             return super().calculate_loss(interaction)
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        masked = cloze_mask(item_seq_len, item_seq.size(1), self.mask_ratio)
+        masked = cloze_mask(item_seq_len, item_seq.size(1), self.mask_ratio,
+                            ft_ratio=self.ft_ratio)
         hidden = self._encode_body(item_seq.masked_fill(masked, self.mask_token), item_seq_len)
         # the head is position-wise: applied at the masked positions only
         return self._positions_loss(self._head(hidden[masked]), item_seq[masked])
