@@ -350,9 +350,9 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.run:  # one run of a --jobs list, in a process of its own
-        if args.threads:
-            torch.set_num_threads(args.threads)
         row = run_one(args, *args.run)
         raise SystemExit(1 if row.get("status") == "error" else 0)
 
@@ -364,8 +364,6 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     meta = {
         "command": cli.command_line("reproduce", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
