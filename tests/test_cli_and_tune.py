@@ -41,7 +41,7 @@ def test_cli_missing_dataset_names_path_and_files(tmp_path):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_cli_issue_table_one_line_per_error_before_data(tmp_path):
+def test_cli_bad_values_one_line_per_error_before_data(tmp_path):
     bad = ["--hidden_size=0", "--n_layers=-1", "--learning_rate=abc", "--loss_type=XYZ",
            "--MAX_ITEM_LIST_LENGTH=0", "--r_min=1.5", "--hidden_dropout_prob=1.5"]
     # The dataset does not exist: the configuration is checked first.

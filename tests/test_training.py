@@ -1,4 +1,4 @@
-"""Crash-safe, resumable and deterministic training; numerical faults (issue 11, items 2-4)."""
+"""Crash-safe, resumable and deterministic training; numerical faults in the loss and gradients."""
 
 import os
 import signal
