@@ -12,13 +12,26 @@ import json
 import math
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
 
 
+def git_commit():
+    """The repository's current commit (short hash), None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def environment(device="cpu"):
-    """Versions, platform, CPU count and threads, and the GPU's name on CUDA."""
+    """Versions, platform, CPU count and threads, the GPU's name on CUDA, and the git commit
+    of the code that ran (None outside a git checkout)."""
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -27,6 +40,7 @@ def environment(device="cpu"):
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "commit": git_commit(),
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(device)
