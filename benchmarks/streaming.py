@@ -15,6 +15,8 @@ the largest L (models with learned positions stream up to it). Also checks that 
 give the same scores.
 """
 
+from datetime import datetime, timezone
+
 import torch
 
 from benchmarks import cli, measure, models, report
@@ -65,17 +67,25 @@ def main(argv=None):
                              "build_ms": build_ms, "max_abs_diff": diff})
 
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print(f"hidden {args.hidden_size}, {args.n_layers} layers, {args.n_items} items, batch "
+    header = (f"hidden {args.hidden_size}, {args.n_layers} layers, {args.n_items} items, batch "
           f"{args.batch}, device {device} (torch {torch.__version__}, threads {threads}), median "
           f"of {args.repeats} samples ({args.block_ms:g} ms blocks of consecutive calls) after "
           f"{args.warmup} warm-up, models interleaved\n")
-    print(report.markdown_table(
+    table = report.markdown_table(
         ["model", "history length", "full re-encode (ms)", "streaming step (ms)", "speed-up",
          "build_state (ms)", "max abs score diff"],
         [[r["model"], r["length"], f"{r['full_ms']:.2f}", f"{r['step_ms']:.3f}",
           f"{r['speedup']:.0f}x", f"{r['build_ms']:.2f}", f"{r['max_abs_diff']:.1e}"]
          for r in sorted(rows, key=lambda r: (list(built).index(r["model"]), r["length"]))],
-        align=["l"] + ["r"] * 6))
+        align=["l"] + ["r"] * 6)
+    print(header + table)
+    if args.out:
+        meta = {"command": cli.command_line("streaming", argv),
+                "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "environment": report.environment(device), "args": vars(args)}
+        report.write_results(args.out, "streaming", {"meta": meta, "rows": rows},
+                             f"# Streaming inference\n\n`{meta['command']}` ({meta['date_utc']} "
+                             f"UTC)\n\n{header}\n{table}\n", rows=rows)
     return rows
 
 
@@ -95,6 +105,8 @@ def build_parser():
                         help="each sample: consecutive calls of one kind for about this long, "
                              "per call (0: one call per sample, between the other kinds' calls)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="benchmarks/results/streaming",
+                        help="folder for streaming.{json,csv,md} ('': print only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (0: torch default); 1 = one request per core, and "
                              "stable on a busy machine where idle OpenMP threads stall tiny ops")

@@ -381,15 +381,21 @@ def test_accuracy_one_epoch_on_tiny_dataset(tiny):
 
 
 # -- streaming -------------------------------------------------------------------------------
-def test_streaming_covers_every_model_with_the_api(capsys):
+def test_streaming_covers_every_model_with_the_api(capsys, tmp_path):
     rows = streaming.main(["--lengths", "6", "9", "--hidden_size", "8", "--n_items", "20",
-                           "--repeats", "1", "--warmup", "0", "--set", "n_heads=2"])
+                           "--repeats", "1", "--warmup", "0", "--set", "n_heads=2",
+                           "--out", str(tmp_path)])
     assert {(r["model"], r["length"]) for r in rows} == \
         {(m, L) for m in ("LRURec", "LinRec", "ELASTIC") for L in (6, 9)}
     assert all(r["step_ms"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
     assert "| LinRec | 9 |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "streaming.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    assert {"command", "date_utc", "environment"} <= set(saved["meta"])
+    assert saved["meta"]["command"].startswith("python -m benchmarks.streaming --lengths 6 9")
     with pytest.raises(SystemExit, match="LinRecBERT has no streaming"):
-        streaming.main(["--models", "LinRecBERT", "--lengths", "4", "--hidden_size", "8"])
+        streaming.main(["--models", "LinRecBERT", "--lengths", "4", "--hidden_size", "8",
+                        "--out", ""])
 
 
 # -- reproduction ----------------------------------------------------------------------------
