@@ -8,10 +8,10 @@ softmax reference with RecBole's SASRec.
 3. SoftmaxSASRec, all_positions, wall-clock budget = time (1) -> seconds/epoch, test metrics
 """
 
-import json
 import os
 import statistics
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import recbole_efficient
@@ -40,7 +40,8 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max_len", type=int, default=50)
     parser.add_argument("--skip_sasrec", action="store_true", help="skip the parity run (2)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default="benchmarks/results/train_modes",
+                        help="folder for train_modes.{json,csv,md}")
     return parser
 
 
@@ -70,9 +71,12 @@ def main(argv=None):
     text = (report.markdown_table(TABLE_FIELDS, [[r.get(k) for k in TABLE_FIELDS] for r in rows])
             + f"\n\naugmented / all_positions seconds per epoch: {ratio:.1f}x\n")
     print(text)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_modes.md").write_text(text)
-    (out / "train_modes.json").write_text(json.dumps(rows, indent=1))
+    meta = {"command": cli.command_line("train_modes", argv),
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "environment": report.environment(), "args": vars(args)}
+    report.write_results(out, "train_modes", {"meta": meta, "rows": rows},
+                         f"# Training modes\n\n`{meta['command']}` ({meta['date_utc']} UTC)\n\n"
+                         f"{text}", rows=rows, fields=TABLE_FIELDS)
     return rows
 
 
