@@ -55,6 +55,12 @@ def test_each_sub_command_has_its_own_help(tmp_path, sub):
     assert out.stdout.startswith(f"usage: {prog} ")
 
 
+def test_sweep_module_is_the_tune_sub_command(tmp_path):
+    out = call([sys.executable, "-m", "recbole_efficient.tune", "--help"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == call([*starts()["module"], "tune", "--help"], tmp_path).stdout
+
+
 def test_wheel_ships_the_yaml_files_and_the_console_script(tmp_path):
     pytest.importorskip("setuptools")
     source = tmp_path / "src"
