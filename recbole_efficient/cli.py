@@ -121,6 +121,14 @@ def tune(argv):
     return tune_main(argv)
 
 
+# -- serve ---------------------------------------------------------------------------------------
+@_subcommand("serve", "serve a trained checkpoint over HTTP: events in, recommendations out")
+def serve(argv):
+    from recbole_efficient.serve.cli import main as serve_main
+
+    return serve_main(argv)
+
+
 # -- download ------------------------------------------------------------------------------------
 def _settings(files, given):
     """``data_path`` and ``dataset_mirrors`` as a run would see them: yaml files, then flags."""

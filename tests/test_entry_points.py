@@ -12,7 +12,7 @@ import pytest
 from helpers import TINY, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("train", "tune", "download", "convert")
+SUBCOMMANDS = ("train", "tune", "serve", "download", "convert")
 
 
 def starts():

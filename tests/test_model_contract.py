@@ -175,9 +175,15 @@ def test_a_step_leaves_its_state_alone_and_streaming_needs_eval_mode(name, over,
     assert all(torch.equal(a, b) for a, b in zip(state_tensors(state.layers), before))
     assert any(not torch.equal(a, b) for a, b in zip(state_tensors(new.layers), before))
     assert state.length.tolist() == [4, 2] and new.length.tolist() == [5, 3]
+    scores, _ = model.step(torch.tensor([3, 4]), state)
+    hidden, advanced = model.advance(torch.tensor([3, 4]), state)
+    assert torch.equal(model.logits(hidden), scores)
+    assert all(torch.equal(a, b) for a, b in zip(state_tensors(advanced.layers),
+                                                 state_tensors(new.layers)))
     model.train()
     for call in (lambda: model.init_state(2), lambda: model.build_state(seq, lengths),
-                 lambda: model.step(torch.tensor([3, 4]), state)):
+                 lambda: model.step(torch.tensor([3, 4]), state),
+                 lambda: model.advance(torch.tensor([3, 4]), state)):
         with pytest.raises(RuntimeError, match="eval"):
             call()
     assert not model.eval().drop_sequence_mixer().supports_streaming()

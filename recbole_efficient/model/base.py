@@ -308,11 +308,19 @@ class EfficientSequentialRecommender(SequentialRecommender):
         whole history. The cost does not depend on the history length; ``state`` is not
         modified. Eval mode only.
         """
+        hidden, state = self.advance(item_ids, state)
+        return self.logits(hidden), state
+
+    @torch.no_grad()
+    def advance(self, item_ids, state):
+        """:meth:`step` without the scoring: ``(hidden [B, d], new_state)``, where
+        ``logits(hidden)`` are :meth:`step`'s scores. For a caller that keeps ``hidden`` and
+        scores later, or never (a server that applies events and recommends on request)."""
         self._check_streaming()
         length = state.length + 1
         self._check_limit(length)
         hidden, layers = self._stream_step(item_ids, state.length, state.layers)
-        return self.logits(hidden), StreamState(layers, length)
+        return hidden, StreamState(layers, length)
 
     def cuda_graph_step(self, state):
         """:meth:`step` for the fixed batch of users of ``state`` (on a CUDA device), captured
