@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -93,6 +94,19 @@ def write_results(out, name, data, markdown, rows=None, fields=None):
         files.append(out / f"{name}.csv")
     (out / f"{name}.md").write_text(markdown)
     return files + [out / f"{name}.md"]
+
+
+def save_run(out, name, command, title, body, rows, device="cpu", fields=None, **extra):
+    """One benchmark run's ``rows`` with where they came from: ``<name>.{json,csv,md}`` in
+    ``out``, the JSON's ``meta`` holding ``command``, the UTC date, :func:`environment` (the
+    commit included) and ``extra``; the markdown is ``title``, the command and ``body``.
+    Returns the meta."""
+    meta = {"command": command, "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "environment": environment(device), **extra}
+    write_results(out, name, {"meta": meta, "rows": rows},
+                  f"# {title}\n\n`{command}` ({meta['date_utc']} UTC)\n\n{body}", rows=rows,
+                  fields=fields)
+    return meta
 
 
 def markdown_row(cells):

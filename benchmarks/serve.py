@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -512,13 +511,9 @@ def _main(args, argv):
     header, table = markdown(rows, args)
     print(header + table)
     if args.out:
-        meta = {"command": cli.command_line("serve", argv),
-                "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                "environment": report.environment("cpu"), "args": vars(args),
-                "total_seconds": round(time.perf_counter() - total, 1)}
-        report.write_results(args.out, "serve", {"meta": meta, "rows": rows},
-                             f"# Serving over HTTP\n\n`{meta['command']}` ({meta['date_utc']} "
-                             f"UTC)\n\n{header}\n{table}\n", rows=rows)
+        report.save_run(args.out, "serve", cli.command_line("serve", argv), "Serving over HTTP",
+                        f"{header}\n{table}\n", rows, "cpu", args=vars(args),
+                        total_seconds=round(time.perf_counter() - total, 1))
     return rows
 
 

@@ -15,8 +15,6 @@ the largest L (models with learned positions stream up to it). Also checks that 
 give the same scores.
 """
 
-from datetime import datetime, timezone
-
 import torch
 
 from benchmarks import cli, measure, models, report
@@ -80,12 +78,9 @@ def main(argv=None):
         align=["l"] + ["r"] * 6)
     print(header + table)
     if args.out:
-        meta = {"command": cli.command_line("streaming", argv),
-                "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                "environment": report.environment(device), "args": vars(args)}
-        report.write_results(args.out, "streaming", {"meta": meta, "rows": rows},
-                             f"# Streaming inference\n\n`{meta['command']}` ({meta['date_utc']} "
-                             f"UTC)\n\n{header}\n{table}\n", rows=rows)
+        report.save_run(args.out, "streaming", cli.command_line("streaming", argv),
+                        "Streaming inference", f"{header}\n{table}\n", rows, device,
+                        args=vars(args))
     return rows
 
 

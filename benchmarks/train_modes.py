@@ -11,7 +11,6 @@ softmax reference with RecBole's SASRec.
 import os
 import statistics
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import recbole_efficient
@@ -71,12 +70,8 @@ def main(argv=None):
     text = (report.markdown_table(TABLE_FIELDS, [[r.get(k) for k in TABLE_FIELDS] for r in rows])
             + f"\n\naugmented / all_positions seconds per epoch: {ratio:.1f}x\n")
     print(text)
-    meta = {"command": cli.command_line("train_modes", argv),
-            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "environment": report.environment(), "args": vars(args)}
-    report.write_results(out, "train_modes", {"meta": meta, "rows": rows},
-                         f"# Training modes\n\n`{meta['command']}` ({meta['date_utc']} UTC)\n\n"
-                         f"{text}", rows=rows, fields=TABLE_FIELDS)
+    report.save_run(out, "train_modes", cli.command_line("train_modes", argv), "Training modes",
+                    text, rows, fields=TABLE_FIELDS, args=vars(args))
     return rows
 
 
