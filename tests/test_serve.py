@@ -316,8 +316,8 @@ def test_log_and_snapshot_recover_the_same_state(checkpoint, tmp_path):
     with open(segment, "ab") as f:
         f.write(b'{"seq": 999, "op": "events", "events": [["u3", "i')
     last = 9  # 8 event records and a forget; the torn line is not counted
-    for _ in range(2):
-        again = engine_of(checkpoint, "LinRec")
+    for max_events in (1000, 2):  # records of 5 events replay under a smaller max_events too
+        again = engine_of(checkpoint, "LinRec", max_events=max_events)
         store = StateStore(tmp_path / "state", again)
         assert store.recover() > 0
         assert store.seq == last

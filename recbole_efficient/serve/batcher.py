@@ -4,9 +4,9 @@ The worker takes the first waiting request, gathers more for at most ``max_wait_
 until ``max_batch`` are in hand, and serves the batch in one thread (the event loop stays free
 to accept requests meanwhile; the next batch gathers while this one runs): each write is
 validated alone (a bad request fails alone), every valid write is logged with one ``fsync``,
-the events are applied in one :meth:`Engine.apply_parsed` call per run of events (a forget
-splits them, so the order of writes holds), and the reads are scored in one call. Only this
-worker touches the engine, one batch at a time.
+the writes are applied in their order (:meth:`Engine.apply_writes`: one call per run of
+events), and the reads are scored in one call. Only this worker touches the engine, one batch
+at a time.
 """
 
 import asyncio
@@ -179,23 +179,11 @@ class Batcher:
         return results
 
     def _apply(self, writes, seqs, results, work):
-        """Apply logged writes in order: runs of events in one call each, forgets between."""
-        run, run_items = [], []
+        """Apply logged writes in order (:meth:`Engine.apply_writes`), then answer each."""
+        self.engine.apply_writes([("forget", str(work[i][1])) if parsed is None else parsed
+                                  for i, parsed in writes])
         for (i, parsed), seq in zip(writes, seqs):
-            if parsed is None:
-                self._apply_run(run, run_items, results)
-                run, run_items = [], []
-                results[i] = {"forgotten": self.engine.forget(work[i][1]), "seq": seq}
-            else:
-                run += parsed
-                run_items.append((i, len(parsed), seq))
-        self._apply_run(run, run_items, results)
-
-    def _apply_run(self, events, items, results):
-        if not events:
-            return
-        self.engine.apply_parsed(events)
-        for i, n, seq in items:
-            results[i] = {"accepted": n, "seq": seq}
+            results[i] = ({"forgotten": str(work[i][1]), "seq": seq} if parsed is None
+                          else {"accepted": len(parsed), "seq": seq})
         if self.metrics is not None:
-            self.metrics.events.inc(len(events))
+            self.metrics.events.inc(sum(len(parsed) for _, parsed in writes if parsed))

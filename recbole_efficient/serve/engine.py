@@ -16,10 +16,11 @@ Two modes:
     recommendation is one product of the cached hidden vectors with the output matrix,
     batched over users, without re-encoding anything. The hidden vector comes from
     ``model.advance`` (``step`` without scoring every item at every event). A lazily built
-    user gets both from ``build_state`` over all but their last item, then one step. Models with learned positions (``stream_limit()``) keep their last
-    ``limit`` items: a step past the limit rebuilds the state from the last ``limit - 1`` items
-    first, so the state is always the one ``full_sort_predict`` sees on that window; models
-    without a limit (LRURec) keep their whole history in the state.
+    user gets both from ``build_state`` over all but their last item, then one step. Models
+    with learned positions (``stream_limit()``) keep their last ``limit`` items: a step past
+    the limit rebuilds the state from the last ``limit - 1`` items first, so the state is
+    always the one ``full_sort_predict`` sees on that window; models without a limit (LRURec)
+    keep their whole history in the state.
 ``reencode``
     the history only; a recommendation runs ``full_sort_predict`` over the last
     ``MAX_ITEM_LIST_LENGTH`` items (batched over users). Any sequential model, RecBole's too.
@@ -193,13 +194,18 @@ class Engine:
 
     # -- events -----------------------------------------------------------------------------
     def parse(self, events):
-        """``events`` (``(user, item)`` pairs or ``{"user", "item"}`` dicts, raw ids) as
-        ``[(user, item id)]``; raises :class:`BadRequest` on any bad event, naming them."""
+        """One request's ``events`` (``(user, item)`` pairs or ``{"user", "item"}`` dicts, raw
+        ids) as ``[(user, item id)]``: at least one, at most ``max_events``; raises
+        :class:`BadRequest` on any bad event, naming them."""
         if not isinstance(events, (list, tuple)) or not events:
             raise BadRequest("no events: send at least one {\"user\": ..., \"item\": ...} pair.")
         if len(events) > self.max_events:
             raise BadRequest(f"{len(events)} events in one request, more than max_events="
                              f"{self.max_events}: split them into several requests.")
+        return self.parse_events(events)
+
+    def parse_events(self, events):
+        """:meth:`parse` without the bounds of a request (logged records, bulk histories)."""
         parsed, unknown = [], []
         for event in events:
             if isinstance(event, dict):
@@ -224,6 +230,21 @@ class Engine:
         parsed = self.parse(events)
         self.apply_parsed(parsed)
         return len(parsed)
+
+    def apply_writes(self, writes):
+        """Apply logged writes in order: each a list of parsed events (:meth:`parse`) or
+        ``("forget", user)``; consecutive event lists go in one :meth:`apply_parsed` call."""
+        run = []
+        for write in writes:
+            if isinstance(write, tuple):
+                if run:
+                    self.apply_parsed(run)
+                    run = []
+                self.forget(write[1])
+            else:
+                run += write
+        if run:
+            self.apply_parsed(run)
 
     @torch.inference_mode()
     def apply_parsed(self, parsed):
@@ -252,12 +273,8 @@ class Engine:
         what the engine holds for them, as if they were their training histories (no events
         counted). In stream mode their states are built now, ``batch_size`` users per
         ``build_state`` pass. Not logged: take a snapshot afterwards to keep them."""
-        parsed, step = {}, self.max_events
-        for user, items in histories.items():
-            items = list(items)
-            parsed[_name(user, "user")] = [
-                i for start in range(0, len(items), step)
-                for _, i in self.parse([(user, it) for it in items[start:start + step]])]
+        parsed = {_name(user, "user"): [i for _, i in self.parse_events([(user, i) for i in items])]
+                  for user, items in histories.items()}
         for user, items in parsed.items():
             self.forgotten.discard(user)
             self.users[user] = _User(items)

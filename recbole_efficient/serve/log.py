@@ -122,7 +122,7 @@ class StateStore:
                                  f"{self.engine.checkpoint}: give another --state_dir.")
             self.engine.restore(data["engine"])
             self.seq = self.snapshot_seq = int(data["seq"])
-        replayed, batch = 0, []
+        writes = []
         for record in self._records():
             if record["seq"] <= self.snapshot_seq:
                 continue
@@ -130,29 +130,19 @@ class StateStore:
                 raise ServeError(f"the log in {self.folder} skips from sequence number {self.seq} "
                                  f"to {record['seq']}: it is damaged.")
             self.seq = record["seq"]
-            replayed += 1
             if record["op"] == "events":
-                batch += self.engine.parse(record["events"]) if len(record["events"]) <= \
-                    self.engine.max_events else self._parse_long(record["events"])
+                # unbounded: a record logged under a larger max_events than this start's
+                writes.append(self.engine.parse_events(record["events"]))
                 self.pending += len(record["events"])
-            else:  # forget: the events before it first, in order
-                if batch:
-                    self.engine.apply_parsed(batch)
-                    batch = []
-                self.engine.forget(record["user"])
+            else:
+                writes.append(("forget", record["user"]))
                 self.pending += 1
-        if batch:
-            self.engine.apply_parsed(batch)
+        self.engine.apply_writes(writes)
+        replayed = len(writes)
         self._open_segment(self.seq + 1)
         getLogger().info(f"serve: recovered to sequence number {self.seq} "
                          f"({replayed} log records replayed)")
         return replayed
-
-    def _parse_long(self, events):
-        # a record logged under a larger max_events than this start's
-        step = self.engine.max_events
-        return [e for i in range(0, len(events), step)
-                for e in self.engine.parse(events[i:i + step])]
 
     def _segments(self):
         found = sorted((int(m.group(1)), p) for p in self.folder.iterdir()
