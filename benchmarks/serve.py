@@ -113,14 +113,11 @@ def populate(checkpoint, modes, state_dirs, histories):
     The engine streams when ``stream`` is among ``modes``: its snapshot holds the histories and
     the states, and a ``reencode`` server restores the histories from it and drops the states.
     Other folders get a copy of the first."""
-    from recbole_efficient.quick_start import load_data_and_model
     from recbole_efficient.serve.engine import Engine
     from recbole_efficient.serve.log import StateStore
 
     started = time.perf_counter()
-    _, model, dataset, *_ = load_data_and_model(checkpoint)
-    engine = Engine(model, dataset, mode="stream" if "stream" in modes else modes[0],
-                    checkpoint=checkpoint)
+    engine = Engine.from_checkpoint(checkpoint, mode="stream" if "stream" in modes else modes[0])
     store = StateStore(state_dirs[0], engine)
     try:
         store.recover()
@@ -128,7 +125,7 @@ def populate(checkpoint, modes, state_dirs, histories):
         store.snapshot()
     finally:
         store.close()
-    del engine, store, model, dataset
+    del engine, store
     gc.collect()
     for state_dir in state_dirs[1:]:
         shutil.copytree(state_dirs[0], state_dir, ignore=shutil.ignore_patterns("lock"))
