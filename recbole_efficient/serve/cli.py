@@ -76,15 +76,10 @@ def main(argv=None):
 
 
 def build(args):
-    from pathlib import Path
-
-    from recbole_efficient.serve.common import ServeError, file_sha256
+    from recbole_efficient.serve.common import ServeError, checkpoint_file, file_sha256
     from recbole_efficient.serve.log import check_state_dir
 
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise ServeError(f"no checkpoint at {checkpoint}: pass a .pth file written by training "
-                         "(saved/<Model>-<time>-<token>/best.pth).")
+    checkpoint = checkpoint_file(args.checkpoint)
     # before the minutes a large dataset can take to load
     check_state_dir(args.state_dir, checkpoint.resolve(), file_sha256(checkpoint))
     for name in ("max_batch", "max_events", "snapshot_events"):

@@ -1,6 +1,7 @@
 """What the serving modules share and the command line needs before torch loads."""
 
 import hashlib
+from pathlib import Path
 
 
 class ServeError(ValueError):
@@ -17,3 +18,11 @@ def file_sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_file(path):
+    """``path`` as a ``Path``; :class:`ServeError` when no file is there."""
+    if not Path(path).is_file():
+        raise ServeError(f"no checkpoint at {path}: pass a .pth file written by training "
+                         "(saved/<Model>-<time>-<token>/best.pth).")
+    return Path(path)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from recbole_efficient.model.base import StreamState
-from recbole_efficient.serve.common import BadRequest, ServeError, file_sha256
+from recbole_efficient.serve.common import BadRequest, ServeError, checkpoint_file, file_sha256
 
 __all__ = ["Engine", "BadRequest", "ServeError", "MODES"]
 
@@ -144,9 +144,7 @@ class Engine:
 
         if mode not in MODES:
             raise ServeError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not Path(path).is_file():
-            raise ServeError(f"no checkpoint at {path}: pass a .pth file written by training "
-                             "(saved/<Model>-<time>-<token>/best.pth).")
+        checkpoint_file(path)
         config_dict = {"data_path": str(data_path)} if data_path else None
         _, model, dataset, *_ = load_data_and_model(path, trust_checkpoint=trust_checkpoint,
                                                     config_dict=config_dict)
