@@ -323,6 +323,14 @@ def row_of(data, model):
     return next(r for r in data["rows"] if r["model"] == model)
 
 
+def runs_block(caption, runs, model=None):
+    """One accuracy row per ``(label, results)`` run (``model``'s row, or the run's only one),
+    with each run's provenance under its label."""
+    return block(caption, accuracy_rows([(lab, row_of(d, model) if model else d["rows"][0])
+                                         for lab, d in runs]),
+                 sources(*[(lab, d["meta"]) for lab, d in runs]))
+
+
 def accuracy_ml100k():
     d = load("accuracy/accuracy.json")
     m = d["meta"]
@@ -337,21 +345,17 @@ def ablation_elastic_stride():
     runs = [("`memory_stride=1`", read_accuracy_md(ab + "ml-100k_stride1_15epochs.md")),
             ("`memory_stride=8` (default)", read_accuracy_md(ab + "ml-100k_stride8_15epochs.md")),
             ("`memory_stride=16`", read_accuracy_md(ab + "ml-100k_stride16_15epochs.md"))]
-    first = block("**ELASTIC's memory stride, ml-100k, 15 epochs** (seed 2020).",
-                  accuracy_rows([(lab, d["rows"][0]) for lab, d in runs]),
-                  sources(*[(lab, d["meta"]) for lab, d in runs]))
+    first = runs_block("**ELASTIC's memory stride, ml-100k, 15 epochs** (seed 2020).", runs)
     runs1m = [("`memory_stride=1`", read_accuracy_md(ab + "ml-1m_stride1_300s.md")),
               ("`memory_stride=8` (default)", read_accuracy_md(ab + "ml-1m_stride8_300s.md"))]
-    second = block("**ELASTIC's memory stride, ml-1m, 300 s of training** (seed 2020).",
-                   accuracy_rows([(lab, d["rows"][0]) for lab, d in runs1m]),
-                   sources(*[(lab, d["meta"]) for lab, d in runs1m]))
+    second = runs_block("**ELASTIC's memory stride, ml-1m, 300 s of training** (seed 2020).",
+                        runs1m)
     budget = [("`memory_stride=1`", load("accuracy/accuracy.json")),
               ("`memory_stride=8` (default)", load("accuracy_elastic_stride/accuracy.json")),
               ("no interest memory (`use_imr=False`)",
                load("accuracy_elastic_noimr/accuracy.json"))]
-    third = block("**ELASTIC, ml-100k, 150 s of training** (the equal-budget setting).",
-                  accuracy_rows([(lab, row_of(d, "ELASTIC")) for lab, d in budget]),
-                  sources(*[(lab, d["meta"]) for lab, d in budget]))
+    third = runs_block("**ELASTIC, ml-100k, 150 s of training** (the equal-budget setting).",
+                       budget, "ELASTIC")
     tr = Efficiency("efficiency_train_elastic_stride/efficiency.json")
     tr2 = Efficiency("efficiency_train_elastic_stride_L2000/efficiency.json")
     inf = Efficiency("efficiency_inference_elastic_stride/efficiency.json")
@@ -373,13 +377,12 @@ def ablation_elastic_stride():
 
 
 def ablation_elastic_noimr():
-    d0, d1 = load("accuracy/accuracy.json"), load("accuracy_elastic_noimr/accuracy.json")
-    acc = block("**ELASTIC with and without its interest memory (IMR), ml-100k, 150 s of "
-                "training.** Both runs query the memory at every position "
-                "(`memory_stride=1`).",
-                accuracy_rows([("ELASTIC, IMR on", row_of(d0, "ELASTIC")),
-                               ("ELASTIC, `use_imr=False`", row_of(d1, "ELASTIC"))]),
-                sources(("IMR on", d0["meta"]), ("IMR off", d1["meta"])))
+    acc = runs_block("**ELASTIC with and without its interest memory (IMR), ml-100k, 150 s of "
+                     "training.** Both runs query the memory at every position "
+                     "(`memory_stride=1`).",
+                     [("ELASTIC, IMR on", load("accuracy/accuracy.json")),
+                      ("ELASTIC, `use_imr=False`", load("accuracy_elastic_noimr/accuracy.json"))],
+                     "ELASTIC")
     eff = Efficiency("efficiency/efficiency.json")
     L = eff.lengths[-1]
     rows = [[display(v), three(eff.ms(v, "train", L)), ratio(eff.floor_ratio(v, "train", L)),
@@ -394,20 +397,18 @@ def ablation_elastic_noimr():
 
 
 def ablation_linrec_noncausal():
-    d0, d1 = load("accuracy/accuracy.json"), load("accuracy_linrec_noncausal/accuracy.json")
-    return block("**LinRec, causal (trained at every position) against non-causal (trained on "
-                 "every prefix, RecBole's `augmented`), ml-100k, 150 s of training.**",
-                 accuracy_rows([("LinRec, causal", row_of(d0, "LinRec")),
-                                ("LinRec, `causal=False`", row_of(d1, "LinRec"))]),
-                 sources(("causal", d0["meta"]), ("non-causal", d1["meta"])))
+    return runs_block("**LinRec, causal (trained at every position) against non-causal (trained "
+                      "on every prefix, RecBole's `augmented`), ml-100k, 150 s of training.**",
+                      [("LinRec, causal", load("accuracy/accuracy.json")),
+                       ("LinRec, `causal=False`", load("accuracy_linrec_noncausal/accuracy.json"))],
+                      "LinRec")
 
 
 def ablation_linrecbert_ft_ratio():
     runs = [(f"LinRecBERT, `ft_ratio={r}`", load(f"accuracy_linrecbert_ft_ratio/ft_{r}/"
                                                  "accuracy.json")) for r in ("0.0", "0.5")]
-    return block("**LinRecBERT's share of fine-tuning rows (`ft_ratio`), ml-100k, 40 epochs.**",
-                 accuracy_rows([(lab, d["rows"][0]) for lab, d in runs]),
-                 sources(*[(lab, d["meta"]) for lab, d in runs]))
+    return runs_block("**LinRecBERT's share of fine-tuning rows (`ft_ratio`), ml-100k, 40 "
+                      "epochs.**", runs)
 
 
 def memory_gradients():
