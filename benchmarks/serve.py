@@ -16,18 +16,24 @@ loopback interface only:
    written as the server's snapshot into a fresh state folder per mode (a ``reencode``
    server restores the histories from it and drops the states);
 3. ``python -m recbole_efficient serve`` started on each folder and a free port (the servers
-   of both modes start together; each loads its snapshot), then, one server at a time, a
-   closed loop of ``--clients`` concurrent clients, each repeating: POST /events with one
-   event of a random user, then GET /recommend/{that user}?k=10 (react to what the user just
-   did). ``--warmup`` seconds unrecorded, then ``--seconds`` measured or ``--requests``
-   cycles, whichever ends first; every server is killed afterwards, whatever happened.
+   of both modes start together; each loads its snapshot), then, one server at a time:
+   ``--floor_seconds`` of GET /health from ``--clients`` clients (the HTTP stack's own rate,
+   the ceiling of any endpoint on this machine), then for each value B of
+   ``--events_per_post`` a closed load of ``--clients`` recommendations in flight:
+   ``--clients`` / B loops, each repeating: POST /events with one event of each of B random
+   users, then GET /recommend/{user}?k=10 for each of them at once (react to what the users
+   just did). B = 1 is a client per user click; B > 1 is an event pipeline forwarding events
+   in batches while users ask for their pages. ``--warmup`` seconds unrecorded, then
+   ``--seconds`` measured or ``--requests`` cycles, whichever ends first; every server is
+   killed afterwards, whatever happened.
 
-Reported per run: cycles (one event + one recommendation) per second, p50/p99 latency of each
-endpoint as the client sees it, requests, errors, and the server's mean micro-batch (from
-/metrics). The clients speak HTTP/1.1 over keep-alive asyncio connections with a minimal
-parser, so that on a small machine the load generator takes little of the CPU the server
-needs. Snapshots are off during the measurement unless ``--snapshot_events`` is given (a
-snapshot of every user stalls the server while it is written; see docs/serving.md).
+Reported per run: cycles (one event + its user's recommendation) per second, p50/p99 latency of
+each endpoint as the client sees it, requests, errors, the server's mean micro-batch over the
+measured seconds (from /metrics) and the GET /health rate. The clients speak HTTP/1.1 over
+keep-alive asyncio connections with a minimal parser, so that on a small machine the load
+generator takes little of the CPU the server needs. Snapshots are off during the measurement
+unless ``--snapshot_events`` is given (a snapshot of every user stalls the server while it is
+written; see docs/serving.md).
 
 Outputs in ``--out``: serve.json (meta + rows), serve.csv, serve.md.
 """
@@ -58,6 +64,7 @@ MODES = ("stream", "reencode")
 DATASET = "serve"
 #: ``--quick``: a run of seconds (defaults it replaces; explicit flags still win)
 QUICK = {"models": ["LRURec"], "lengths": [8], "users": 20, "clients": 2, "seconds": 2.0,
+         "events_per_post": [1, 2], "floor_seconds": 0.5,
          "warmup": 0.5, "requests": 2000, "n_items": 50, "train_users": 20, "margin": 200,
          "hidden_size": 8, "n_layers": 1}
 
@@ -119,11 +126,14 @@ def populate(checkpoint, modes, state_dirs, histories):
     started = time.perf_counter()
     engine = Engine.from_checkpoint(checkpoint, mode="stream" if "stream" in modes else modes[0])
     store = StateStore(state_dirs[0], engine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # nothing else runs yet: set-up, not measured
     try:
         store.recover()
         engine.load_histories(histories)
         store.snapshot()
     finally:
+        torch.set_num_threads(threads)
         store.close()
     del engine, store
     gc.collect()
@@ -283,60 +293,96 @@ async def _get_once(host, port, path, timeout=5.0):
 
 
 class Load:
-    """A closed loop: each client sends an event of a random user, then asks for that user's
-    top 10; ``users`` take at most ``margin`` events each."""
+    """A closed loop of ``clients`` recommendation requests in flight: each of ``clients //
+    per_post`` loops posts one event of each of ``per_post`` random users in one request, then
+    asks for those users' top 10, one request each, at once; ``users`` take at most ``margin``
+    events each."""
 
-    def __init__(self, port, users, items, clients, margin, timeout, seed):
+    def __init__(self, port, users, items, clients, margin, timeout, seed, per_post=1):
         self.port, self.users, self.items = port, users, items
         self.clients, self.margin, self.timeout = clients, margin, timeout
+        self.per_post = max(1, min(int(per_post), clients))
         self.rng = random.Random(seed)
         self.events = {}  # events sent per user
         self.errors = []
         self.requests = 0  # sent while recording
 
-    def pick_user(self):
-        for _ in range(100):
+    def pick_users(self):
+        """``per_post`` distinct users with events to spare (fewer when nearly all are spent)."""
+        picked = {}
+        for _ in range(100 * self.per_post):
+            if len(picked) == self.per_post:
+                break
             user = self.users[self.rng.randrange(len(self.users))]
-            if self.events.get(user, 0) < self.margin:
-                self.events[user] = self.events.get(user, 0) + 1
-                return user
-        return None  # (nearly) every user has had --margin events
+            if user not in picked and self.events.get(user, 0) < self.margin:
+                picked[user] = None
+        for user in picked:
+            self.events[user] = self.events.get(user, 0) + 1
+        return list(picked)
 
     async def phase(self, seconds, max_cycles, record):
-        """Run every client for ``seconds`` or until ``max_cycles`` cycles completed; returns
-        ``(cycles, elapsed seconds, post latencies, recommend latencies)`` (seconds)."""
+        """Run every loop for ``seconds`` or until ``max_cycles`` cycles (an event and its
+        user's recommendation) started; returns ``(cycles, elapsed seconds, post latencies,
+        recommend latencies)`` (seconds)."""
         post, rec = [], []
         state = {"cycles": 0, "started": 0}
         started = time.perf_counter()
         deadline = started + seconds
 
-        async def client():
-            conn = Connection("127.0.0.1", self.port, self.timeout)
+        async def recommend(conn, user):
+            t0 = time.perf_counter()
+            if await self._call(conn, "GET", f"/recommend/{user}?k=10", None,
+                                lambda b: 0 < len(b.get("items", ())) <= 10, record):
+                rec.append(time.perf_counter() - t0)
+                state["cycles"] += 1
+
+        async def loop():
+            conns = [Connection("127.0.0.1", self.port, self.timeout)
+                     for _ in range(self.per_post + 1)]
             try:
                 while time.perf_counter() < deadline and state["started"] < max_cycles:
-                    user = self.pick_user()
-                    if user is None:
+                    users = self.pick_users()
+                    if not users:
                         return
-                    state["started"] += 1
-                    item = self.items[self.rng.randrange(len(self.items))]
+                    state["started"] += len(users)
+                    events = [{"user": u, "item": self.items[self.rng.randrange(len(self.items))]}
+                              for u in users]
                     t0 = time.perf_counter()
-                    if not await self._call(conn, "POST", "/events",
-                                            {"events": [{"user": user, "item": item}]},
-                                            lambda b: b.get("accepted") == 1, record):
+                    if not await self._call(conns[0], "POST", "/events", {"events": events},
+                                            lambda b: b.get("accepted") == len(users), record):
                         continue
-                    t1 = time.perf_counter()
-                    if not await self._call(conn, "GET", f"/recommend/{user}?k=10", None,
-                                            lambda b: len(b.get("items", ())) == 10, record):
-                        continue
-                    t2 = time.perf_counter()
-                    post.append(t1 - t0)
-                    rec.append(t2 - t1)
-                    state["cycles"] += 1
+                    post.append(time.perf_counter() - t0)
+                    if len(users) == 1:  # a task less per cycle: the clients share the CPU
+                        await recommend(conns[1], users[0])
+                    else:
+                        await asyncio.gather(*(recommend(c, u)
+                                               for c, u in zip(conns[1:], users)))
+            finally:
+                for conn in conns:
+                    conn.close()
+
+        await asyncio.gather(*(loop() for _ in range(max(1, self.clients // self.per_post))))
+        return state["cycles"], time.perf_counter() - started, post, rec
+
+    async def floor(self, seconds):
+        """GET /health from ``clients`` closed-loop clients for ``seconds``: requests per second
+        of the HTTP stack alone (no batching, no model), the most any endpoint can answer."""
+        count = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client():
+            nonlocal count
+            conn = Connection("127.0.0.1", self.port, self.timeout)
+            try:
+                while time.perf_counter() < deadline:
+                    status, _ = await conn.request("GET", "/health")
+                    count += status == 200
             finally:
                 conn.close()
 
+        started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(self.clients)))
-        return state["cycles"], time.perf_counter() - started, post, rec
+        return count / (time.perf_counter() - started)
 
     async def _call(self, conn, method, path, body, ok, record):
         self.requests += record
@@ -354,54 +400,73 @@ class Load:
         return True
 
 
-def mean_batch(metrics_text):
-    """Mean requests per micro-batch from the server's /metrics (None if absent)."""
+def batch_counts(metrics_text):
+    """``(requests, micro-batches)`` served so far, from the server's /metrics."""
     values = {}
     for line in metrics_text.splitlines():
         for key in ("serve_batch_size_sum", "serve_batch_size_count"):
             if line.startswith(key + " "):
                 values[key] = float(line.split()[1])
-    count = values.get("serve_batch_size_count")
-    return values["serve_batch_size_sum"] / count if count else None
+    return values.get("serve_batch_size_sum", 0.0), values.get("serve_batch_size_count", 0.0)
 
 
 def percentile_ms(values, q):
     return float(np.percentile(values, q) * 1000) if values else None
 
 
+async def _batches(port):
+    try:
+        _, text = await _get_once("127.0.0.1", port, "/metrics")
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+    return batch_counts(text) if isinstance(text, str) else None
+
+
 def measure_server(server, users, items, args):
-    """Warm-up, then the measured closed loop against a running ``server``; one row's
-    measurements."""
-    load = Load(server.port, users, items, args.clients, args.margin, args.request_timeout,
-                args.seed)
+    """The HTTP floor (GET /health), then per value of ``--events_per_post`` a warm-up and the
+    measured closed loop against a running ``server``: ``(floor requests/s, [measurements])``."""
 
     async def run():
-        if args.warmup > 0:
-            await load.phase(args.warmup, args.requests, record=False)
-        measured = await load.phase(args.seconds, args.requests, record=True)
-        try:
-            _, text = await _get_once("127.0.0.1", server.port, "/metrics")
-        except Exception:  # noqa: BLE001 - informative only
-            text = ""
-        return measured, text
+        floor = await Load(server.port, users, items, args.clients, args.margin,
+                           args.request_timeout, args.seed).floor(args.floor_seconds) \
+            if args.floor_seconds > 0 else None
+        out = []
+        for per_post in args.events_per_post:
+            load = Load(server.port, users, items, args.clients, args.margin,
+                        args.request_timeout, args.seed, per_post)
+            if args.warmup > 0:
+                await load.phase(args.warmup, args.requests, record=False)
+            before = await _batches(server.port)
+            cycles, elapsed, post, rec = await load.phase(args.seconds, args.requests,
+                                                          record=True)
+            after = await _batches(server.port)
+            served = batches = None
+            if before and after:
+                served, batches = after[0] - before[0], after[1] - before[1]
+            out.append({
+                "events_per_post": load.per_post, "cycles": cycles, "seconds": round(elapsed, 3),
+                "events_per_s": cycles / elapsed if elapsed > 0 else None,
+                "requests": load.requests, "errors": len(load.errors),
+                "error_samples": load.errors[:5],
+                "post_p50_ms": percentile_ms(post, 50), "post_p99_ms": percentile_ms(post, 99),
+                "recommend_p50_ms": percentile_ms(rec, 50),
+                "recommend_p99_ms": percentile_ms(rec, 99),
+                "mean_batch": served / batches if batches else None})
+        return floor, out
 
-    (cycles, elapsed, post, rec), metrics = asyncio.run(run())
-    return {"cycles": cycles, "seconds": round(elapsed, 3),
-            "events_per_s": cycles / elapsed if elapsed > 0 else None,
-            "requests": load.requests, "errors": len(load.errors),
-            "error_samples": load.errors[:5],
-            "post_p50_ms": percentile_ms(post, 50), "post_p99_ms": percentile_ms(post, 99),
-            "recommend_p50_ms": percentile_ms(rec, 50), "recommend_p99_ms": percentile_ms(rec, 99),
-            "mean_batch": mean_batch(metrics) if isinstance(metrics, str) else None}
+    return asyncio.run(run())
 
 
 # -- main ------------------------------------------------------------------------------------------
 def run_pair(name, length, checkpoint, histories, workdir, args, log):
-    """One row per mode of ``args.modes``: every mode's snapshot written, its server started
-    (together: their start-ups overlap), then each measured in turn while the others idle."""
-    rows = {mode: {"model": name, "history": length, "mode": mode, "users": args.users,
+    """Rows per mode of ``args.modes`` and value of ``--events_per_post``: every mode's
+    snapshot written, its server started (together: their start-ups overlap), then each
+    measured in turn while the others idle."""
+    base = {mode: {"model": name, "history": length, "mode": mode, "users": args.users,
                    "clients": args.clients, "max_len": length + args.margin}
             for mode in args.modes}
+    rows = {(mode, per_post): dict(base[mode], events_per_post=per_post)
+            for mode in args.modes for per_post in args.events_per_post}
     state_dirs = [Path(workdir) / f"state_{mode}" for mode in args.modes]
     items = [f"i{i}" for i in range(1, args.n_items + 1)]
     try:
@@ -415,11 +480,14 @@ def run_pair(name, length, checkpoint, histories, workdir, args, log):
                 stack.callback(servers[mode].stop)
                 servers[mode].start()
             for mode, server in servers.items():
-                rows[mode]["server_start_s"] = round(server.wait_healthy(), 2)
+                started = round(server.wait_healthy(), 2)
+                for per_post in args.events_per_post:
+                    rows[mode, per_post]["server_start_s"] = started
             for mode, server in servers.items():
                 try:
-                    rows[mode].update(measure_server(server, list(histories), items, args))
-                    rows[mode]["status"] = "ok"
+                    floor, measured = measure_server(server, list(histories), items, args)
+                    for per_post, found in zip(args.events_per_post, measured):
+                        rows[mode, per_post].update(found, http_floor_per_s=floor, status="ok")
                 finally:
                     server.stop()
     except Exception as err:  # noqa: BLE001 - one failed run does not stop the others
@@ -429,18 +497,19 @@ def run_pair(name, length, checkpoint, histories, workdir, args, log):
     finally:
         for state_dir in state_dirs:
             shutil.rmtree(state_dir, ignore_errors=True)
-    for mode, row in rows.items():
-        log(f"{name} H={length} {mode}: " + ", ".join(
+    for (mode, per_post), row in rows.items():
+        log(f"{name} H={length} {mode} events/POST={per_post}: " + ", ".join(
             f"{k}={row[k]:.4g}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}"
-            for k in ("status", "populate_s", "server_start_s", "events_per_s", "post_p99_ms",
-                      "recommend_p99_ms", "errors", "mean_batch", "error") if k in row))
+            for k in ("status", "populate_s", "server_start_s", "http_floor_per_s",
+                      "events_per_s", "post_p99_ms", "recommend_p99_ms", "errors", "mean_batch",
+                      "error") if k in row))
     return list(rows.values())
 
 
 def add_ratios(rows):
     for row in rows:
         other = [r for r in rows if r["model"] == row["model"] and r["history"] == row["history"]
-                 and r["mode"] == "reencode"]
+                 and r["events_per_post"] == row["events_per_post"] and r["mode"] == "reencode"]
         row["stream_over_reencode"] = None
         if row["mode"] == "stream" and other and row.get("events_per_s") and \
                 other[0].get("events_per_s"):
@@ -453,22 +522,25 @@ def _ms(x):
 
 def markdown(rows, args):
     table = report.markdown_table(
-        ["model", "history H", "mode", "users", "clients", "events/s", "stream / reencode",
-         "POST /events p50 (ms)", "p99 (ms)", "GET /recommend p50 (ms)", "p99 (ms)",
-         "requests", "errors", "mean batch"],
-        [[r["model"], r["history"], r["mode"], r["users"], r["clients"],
+        ["model", "history H", "mode", "events per POST", "users", "clients", "events/s",
+         "stream / reencode", "POST /events p50 (ms)", "p99 (ms)", "GET /recommend p50 (ms)",
+         "p99 (ms)", "requests", "errors", "mean batch", "GET /health/s"],
+        [[r["model"], r["history"], r["mode"], r["events_per_post"], r["users"], r["clients"],
           f"{r['events_per_s']:.0f}" if r.get("events_per_s") else r.get("status"),
           f"{r['stream_over_reencode']:.1f}x" if r.get("stream_over_reencode") else "",
           _ms(r.get("post_p50_ms")), _ms(r.get("post_p99_ms")), _ms(r.get("recommend_p50_ms")),
           _ms(r.get("recommend_p99_ms")), r.get("requests", ""), r.get("errors", ""),
-          f"{r['mean_batch']:.1f}" if r.get("mean_batch") else ""] for r in rows],
-        align=["l", "r", "l"] + ["r"] * 11)
+          f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "",
+          f"{r['http_floor_per_s']:.0f}" if r.get("http_floor_per_s") else ""] for r in rows],
+        align=["l", "r", "l"] + ["r"] * 13)
     header = (f"hidden {args.hidden_size}, {args.n_layers} layers, {args.n_items} items, "
-              f"{args.users} users of H items each, {args.clients} closed-loop clients (POST one "
-              f"event, then GET the top 10 of that user), {args.seconds:g} s after "
+              f"{args.users} users of H items each, {args.clients} recommendations in flight "
+              "(closed loops, each posting the events of 'events per POST' users in one request, "
+              f"then GET the top 10 of each of them), {args.seconds:g} s after "
               f"{args.warmup:g} s of warm-up, max_batch {args.max_batch}, max_wait_ms "
               f"{args.max_wait_ms:g}, MAX_ITEM_LIST_LENGTH = H + {args.margin}; events/s = "
-              "event + recommendation cycles per second\n")
+              "event + recommendation cycles per second; GET /health/s: the HTTP stack alone "
+              "under the same clients\n")
     return header, table
 
 
@@ -523,7 +595,16 @@ def build_parser():
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="serving modes (the ratio needs both)")
     parser.add_argument("--users", type=int, default=10000, help="users held by the server")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent closed-loop clients")
+    parser.add_argument("--clients", type=int, default=64,
+                        help="recommendation requests in flight (closed loops of events per "
+                             "POST users each)")
+    parser.add_argument("--events_per_post", type=int, nargs="+", default=[1, 16],
+                        help="events sent in one POST /events, of as many users, each then "
+                             "asking for its top 10 (1: a client per user click; more: events "
+                             "forwarded in batches by an event pipeline); one run per value")
+    parser.add_argument("--floor_seconds", type=float, default=3.0,
+                        help="seconds of GET /health load per server first: the HTTP stack's "
+                             "own rate (0: skip)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured load per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded load first")
     parser.add_argument("--requests", type=int, default=100000,
@@ -545,8 +626,10 @@ def build_parser():
     parser.add_argument("--snapshot_events", type=int, default=0,
                         help="the server's --snapshot_events (0: no snapshot while measuring)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of the servers (OMP_NUM_THREADS) and of building the "
-                             "states (0: torch's default); 1 = one request batch per core, and "
+                        help="CPU threads of the servers (OMP_NUM_THREADS) and of training the "
+                             "checkpoints (0: torch's default; the users' states are built on "
+                             "every core before any server starts); 1 = one request batch per "
+                             "core, and "
                              "stable on a busy machine where idle OpenMP threads stall tiny ops")
     parser.add_argument("--start_timeout", type=float, default=300.0,
                         help="seconds the server may take to answer /health")
@@ -569,6 +652,9 @@ def parse_args(argv=None):
     for key in ("users", "clients", "margin", "requests", "n_items", "train_users"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be at least 1")
+    if min(args.events_per_post) < 1 or max(args.events_per_post) > args.clients:
+        parser.error(f"--events_per_post must be from 1 to --clients ({args.clients}), got "
+                     f"{args.events_per_post}")
     return args
 
 

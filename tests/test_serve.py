@@ -208,6 +208,27 @@ def test_new_and_forgotten_users_get_popular_items(checkpoint):
     assert engine.user_info("u5")["history_length"] == 1
 
 
+@pytest.mark.parametrize("mode", ["stream", "reencode"])
+def test_one_batch_of_recommendations_equals_one_request_at_a_time(checkpoint, mode):
+    engine = engine_of(checkpoint, "LRURec", mode)
+    engine.apply([("grown", i) for i in catalogue(engine, 6, seed=11)])
+    requests = [("grown", 5, True), ("u5", 3, True), ("nobody", 4, True), ("grown", 7, False),
+                ("u7", 5, False), ("u5", 5, True)]
+    batched = engine.recommend_many(requests)
+    for (items, scores), request in zip(batched, requests):
+        alone = engine.recommend(*request)  # a product of another shape: last bits may differ
+        assert items == alone[0], request
+        np.testing.assert_allclose(scores, alone[1], rtol=1e-5, atol=1e-6)
+    assert [len(items) for items, _ in batched] == [5, 3, 4, 7, 5, 5]
+    engine.apply([("grown", batched[0][0][0])])  # a recommended item, seen from now on
+    for user, k, exclude_seen in requests:
+        items, scores = engine.recommend(user, k, exclude_seen)
+        assert scores == sorted(scores, reverse=True)
+        if exclude_seen:
+            assert not set(engine.item_index[i] for i in items) & set(engine._history(user))
+    assert batched[0][0][0] not in engine.recommend("grown", 5)[0]
+
+
 # -- the HTTP API ------------------------------------------------------------------------------
 def test_bad_requests_fail_alone_and_apply_nothing(checkpoint):
     engine = engine_of(checkpoint, "LinRec", max_events=5)
@@ -277,11 +298,13 @@ def test_delete_forgets_and_metrics_count(checkpoint):
         assert health["status"] == "ok" and health["model"] == "ELASTIC"
         assert health["mode"] == "stream" and health["users"] == 0
         client.post("/events", json={"events": []})
+        assert client.get("/no-such-endpoint").status_code == 404
         text = client.get("/metrics").text
     assert "serve_events_accepted_total 3.0" in text
     assert 'serve_requests_total{endpoint="POST /events",status="200"} 1.0' in text
     assert 'serve_requests_total{endpoint="POST /events",status="400"} 1.0' in text
     assert 'serve_request_seconds_count{endpoint="GET /recommend/{user}"} 2.0' in text
+    assert 'serve_requests_total{endpoint="unmatched",status="404"} 1.0' in text
     assert "serve_batch_size_count" in text
 
 

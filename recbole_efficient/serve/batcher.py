@@ -1,8 +1,9 @@
 """Micro-batching: requests queue up; one worker serves them in batches.
 
-The worker takes the first waiting request, gathers more for at most ``max_wait_ms`` or
-until ``max_batch`` are in hand, and serves the batch in one thread (the event loop stays free
-to accept requests meanwhile; the next batch gathers while this one runs): each write is
+The worker takes the first waiting request, gathers more until ``max_wait_ms`` after that
+request arrived or until ``max_batch`` are in hand, and serves the batch in one thread (the
+event loop stays free to accept requests meanwhile; the next batch gathers while this one
+runs): each write is
 validated alone (a bad request fails alone), every valid write is logged with one ``fsync``,
 the writes are applied in their order (:meth:`Engine.apply_writes`: one call per run of
 events), and the reads are scored in one call. Only this worker touches the engine, one batch
@@ -77,14 +78,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait
+            # counted from the first request's arrival: requests that queued while the previous
+            # batch ran have waited already and go at once, with whatever else is queued
+            deadline = batch[0][1] + self.max_wait
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self.queue.get_nowait())
                     continue
                 except asyncio.QueueEmpty:
                     pass
-                left = deadline - loop.time()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 try:

@@ -1,6 +1,7 @@
 """``recbole-efficient serve``: the HTTP server of a trained checkpoint (uvicorn)."""
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -69,6 +70,10 @@ def main(argv=None):
         print(f"error: {message}", file=sys.stderr)
         return 2
     handler.setLevel(logging.WARNING)
+    # The users restored at start live as long as the server: out of the collector's sight,
+    # a full collection no longer walks them all (pauses of 100s of ms at 10,000 users).
+    gc.collect()
+    gc.freeze()
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -32,6 +32,7 @@ training history (which is what forgetting them means).
 """
 
 import hashlib
+import math
 from logging import getLogger
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class _User:
     stream mode the state row (``None``: not built yet), its length and the last hidden
     vector (``None``: empty history)."""
 
-    __slots__ = ("history", "events", "row", "length", "hidden")
+    __slots__ = ("history", "events", "row", "length", "hidden", "_seen")
 
     def __init__(self, history):
         self.history = list(history)
@@ -88,6 +89,16 @@ class _User:
         self.row = None
         self.length = 0
         self.hidden = None
+        self._seen = np.zeros(0, dtype=np.int64)
+
+    def seen(self):
+        """The history as an int64 array; histories only grow, so only what was appended since
+        the last call is converted (a 2,000-item list costs more to convert than to score)."""
+        done = len(self._seen)
+        if done < len(self.history):
+            self._seen = np.concatenate([self._seen, np.asarray(self.history[done:],
+                                                                dtype=np.int64)])
+        return self._seen
 
 
 class Engine:
@@ -222,6 +233,16 @@ class Engine:
                              f"{self.n_items - 1} items; no event of this request was applied.")
         return parsed
 
+    def _item_ids(self, user, items):
+        """The ids of raw ``items``, all of ``user``'s; :class:`BadRequest` as :meth:`parse_events`
+        words it. Checked item by item only when one is not a known token (a bulk load has
+        millions)."""
+        index = self.item_index
+        ids = [index.get(item, 0) if type(item) is str else 0 for item in items]
+        if 0 in ids:
+            return [i for _, i in self.parse_events([(user, item) for item in items])]
+        return ids
+
     def apply(self, events):
         """Validate ``events`` (all or nothing: :class:`BadRequest`, nothing applied), then
         apply them in order. Returns how many were applied."""
@@ -271,11 +292,12 @@ class Engine:
         what the engine holds for them, as if they were their training histories (no events
         counted). In stream mode their states are built now, ``batch_size`` users per
         ``build_state`` pass. Not logged: take a snapshot afterwards to keep them."""
-        parsed = {_name(user, "user"): [i for _, i in self.parse_events([(user, i) for i in items])]
+        parsed = {_name(user, "user"): self._item_ids(user, items)
                   for user, items in histories.items()}
         for user, items in parsed.items():
             self.forgotten.discard(user)
             self.users[user] = _User(items)
+            self.users[user].seen()
         if self.mode == "stream":
             records = [self.users[u] for u in parsed]
             for start in range(0, len(records), batch_size):
@@ -358,21 +380,35 @@ class Engine:
                 seq, lengths = self._padded([histories[u][-self.max_len:] for u in scored],
                                             self.max_len)
                 scores = self.model.full_sort_predict(_interaction(self.model, seq, lengths))
+        # one row per request: its scores, or the popularity of items for an empty history
         rows = {u: i for i, u in enumerate(scored)}
-        out = []
-        for user, k, exclude_seen in requests:
-            row = (scores[rows[user]].float().cpu().clone() if user in rows
-                   else self.popularity.clone())
-            row[0] = -torch.inf
-            if exclude_seen:
-                seen = self._history(user)
-                if seen:
-                    row[torch.as_tensor(seen)] = -torch.inf
-            top = torch.topk(row, k)
-            keep = torch.isfinite(top.values)
-            out.append(([self.item_tokens[i] for i in top.indices[keep].tolist()],
-                        top.values[keep].tolist()))
+        table = torch.cat([scores.float().cpu(), self.popularity[None]]) if scored \
+            else self.popularity[None]
+        table = table[[rows.get(u, len(scored)) for u, _, _ in requests]]
+        table[:, 0] = -torch.inf  # padding
+        seen = [self._seen(u) if ex else None for u, _, ex in requests]
+        lengths = [0 if s is None else len(s) for s in seen]
+        if any(lengths):
+            table[torch.from_numpy(np.repeat(np.arange(len(requests)), lengths)),
+                  torch.from_numpy(np.concatenate([s for s in seen if s is not None]))] = -torch.inf
+        out = [None] * len(requests)
+        for k in {k for _, k, _ in requests}:  # one top-k per k asked for
+            at = [i for i, (_, ki, _) in enumerate(requests) if ki == k]
+            top = torch.topk(table[at], k)
+            for i, values, indices in zip(at, top.values.tolist(), top.indices.tolist()):
+                keep = [j for j, v in enumerate(values) if math.isfinite(v)]
+                out[i] = ([self.item_tokens[indices[j]] for j in keep], [values[j] for j in keep])
         return out
+
+    def _seen(self, user):
+        """``user``'s history as an int64 array (the training slice when not touched yet)."""
+        record = self.users.get(user)
+        if record is not None:
+            return record.seen()
+        index = self.user_index.get(user)
+        if index is None or index >= len(self._train_start) or user in self.forgotten:
+            return np.zeros(0, dtype=np.int64)
+        return self._train_items[self._train_start[index]:self._train_end[index]]
 
     # -- snapshots (plain tensors, lists, dicts, ints and strings: weights_only loads) --------
     def export(self):
@@ -401,11 +437,13 @@ class Engine:
             raise ServeError("the saved serving state was made over another item catalogue (the "
                              "dataset changed): start with an empty --state_dir.")
         self.users, self.forgotten = {}, set(data["forgotten"])
-        flat = data["history"].tolist()
+        flat = data["history"].numpy()
+        items = flat.tolist()
         bounds = np.cumsum([0] + data["history_lengths"].tolist())
         for i, (user, events) in enumerate(zip(data["users"], data["events"].tolist())):
-            record = self.users[user] = _User(flat[bounds[i]:bounds[i + 1]])
+            record = self.users[user] = _User(items[bounds[i]:bounds[i + 1]])
             record.events = events
+            record._seen = flat[bounds[i]:bounds[i + 1]]  # a view: no conversion on first use
         # states of another mode are dropped: rebuilt lazily from the histories
         if self.mode == "stream" and data["mode"] == "stream" and "layers" in data:
             built = [self.users[u] for u, b in zip(data["users"], data["built"].tolist()) if b]
