@@ -3,11 +3,10 @@
 The worker takes the first waiting request, gathers more until ``max_wait_ms`` after that
 request arrived or until ``max_batch`` are in hand, and serves the batch in one thread (the
 event loop stays free to accept requests meanwhile; the next batch gathers while this one
-runs): each write is
-validated alone (a bad request fails alone), every valid write is logged with one ``fsync``,
-the writes are applied in their order (:meth:`Engine.apply_writes`: one call per run of
-events), and the reads are scored in one call. Only this worker touches the engine, one batch
-at a time.
+runs): each write is validated alone (a bad request fails alone), every valid write is
+logged with one ``fsync``, the writes are applied in their order
+(:meth:`Engine.apply_writes`: one call per run of events), and the reads are scored in one
+call. Only this worker touches the engine, one batch at a time.
 """
 
 import asyncio

@@ -70,8 +70,8 @@ def main(argv=None):
         print(f"error: {message}", file=sys.stderr)
         return 2
     handler.setLevel(logging.WARNING)
-    # The users restored at start live as long as the server: out of the collector's sight,
-    # a full collection no longer walks them all (pauses of 100s of ms at 10,000 users).
+    # The users restored at start live as long as the server: frozen, they are skipped by
+    # every full collection, which would walk them all (pauses of 100s of ms at 10,000 users).
     gc.collect()
     gc.freeze()
     import uvicorn

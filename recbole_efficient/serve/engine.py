@@ -83,13 +83,14 @@ class _User:
 
     __slots__ = ("history", "events", "row", "length", "hidden", "_seen")
 
-    def __init__(self, history):
+    def __init__(self, history, seen=None):
         self.history = list(history)
         self.events = 0
         self.row = None
         self.length = 0
         self.hidden = None
-        self._seen = np.zeros(0, dtype=np.int64)
+        # ``history`` as an int64 array already at hand (a training slice, a snapshot's view)
+        self._seen = np.zeros(0, dtype=np.int64) if seen is None else seen
 
     def seen(self):
         """The history as an int64 array; histories only grow, so only what was appended since
@@ -162,16 +163,21 @@ class Engine:
         return cls(model, dataset, mode=mode, max_events=max_events, checkpoint=path)
 
     # -- users ------------------------------------------------------------------------------
-    def _training_history(self, user):
+    def _training_slice(self, user):
+        """``user``'s training history as an int64 array (empty: none, or forgotten)."""
         index = self.user_index.get(user)
         if index is None or index >= len(self._train_start) or user in self.forgotten:
-            return ()
-        return self._train_items[self._train_start[index]:self._train_end[index]].tolist()
+            return self._train_items[:0]
+        return self._train_items[self._train_start[index]:self._train_end[index]]
+
+    def _training_history(self, user):
+        return self._training_slice(user).tolist()
 
     def _touch(self, user):
         record = self.users.get(user)
         if record is None:
-            record = self.users[user] = _User(self._training_history(user))
+            trained = self._training_slice(user)
+            record = self.users[user] = _User(trained.tolist(), trained)
         return record
 
     def _history(self, user):
@@ -296,8 +302,7 @@ class Engine:
                   for user, items in histories.items()}
         for user, items in parsed.items():
             self.forgotten.discard(user)
-            self.users[user] = _User(items)
-            self.users[user].seen()
+            self.users[user] = _User(items, np.asarray(items, dtype=np.int64))
         if self.mode == "stream":
             records = [self.users[u] for u in parsed]
             for start in range(0, len(records), batch_size):
@@ -367,7 +372,7 @@ class Engine:
         requests = [(_name(u, "user"), self.check_k(k), bool(ex)) for u, k, ex in requests]
         if self.mode == "stream":
             records = {u: self._touch(u) for u, _, _ in requests
-                       if u in self.users or self._training_history(u)}
+                       if u in self.users or len(self._training_slice(u))}
             self._build([r for r in records.values() if r.row is None])
             hidden = {u: r.hidden for u, r in records.items() if r.hidden is not None}
             scored = list(hidden)
@@ -403,12 +408,7 @@ class Engine:
     def _seen(self, user):
         """``user``'s history as an int64 array (the training slice when not touched yet)."""
         record = self.users.get(user)
-        if record is not None:
-            return record.seen()
-        index = self.user_index.get(user)
-        if index is None or index >= len(self._train_start) or user in self.forgotten:
-            return np.zeros(0, dtype=np.int64)
-        return self._train_items[self._train_start[index]:self._train_end[index]]
+        return record.seen() if record is not None else self._training_slice(user)
 
     # -- snapshots (plain tensors, lists, dicts, ints and strings: weights_only loads) --------
     def export(self):
@@ -441,9 +441,9 @@ class Engine:
         items = flat.tolist()
         bounds = np.cumsum([0] + data["history_lengths"].tolist())
         for i, (user, events) in enumerate(zip(data["users"], data["events"].tolist())):
-            record = self.users[user] = _User(items[bounds[i]:bounds[i + 1]])
+            record = self.users[user] = _User(items[bounds[i]:bounds[i + 1]],
+                                              flat[bounds[i]:bounds[i + 1]])  # a view
             record.events = events
-            record._seen = flat[bounds[i]:bounds[i + 1]]  # a view: no conversion on first use
         # states of another mode are dropped: rebuilt lazily from the histories
         if self.mode == "stream" and data["mode"] == "stream" and "layers" in data:
             built = [self.users[u] for u, b in zip(data["users"], data["built"].tolist()) if b]
